@@ -1,0 +1,477 @@
+"""torchvision <-> Flax weight conversion.
+
+Every Flax submodule is named after the torchvision module it mirrors, with the Sequential index
+folded into the name (`layer1.0.downsample.0` <-> `layer1_0/downsample_0`), so the mapping is a
+rename plus a layout change of the leaf:
+
+  conv weight (O, I, kh, kw)  <-> params .../kernel (kh, kw, I, O)
+  linear weight (out, in)     <-> params .../kernel (in, out)
+  BatchNorm weight            <-> params .../scale
+  bias                        <-> params .../bias
+  BatchNorm running_mean/var  <-> batch_stats .../mean, .../var
+  BatchNorm num_batches_tracked: dropped (torch only uses it when momentum=None); written as 0.
+
+Nothing is guessed: a key that does not land on a model leaf, a leaf left unfilled and a shape
+that differs are all errors naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnets.registry import create_model, head_module, list_models
+
+PathLike = str | os.PathLike
+FlatKey = tuple[str, ...]  # (collection, module, ..., leaf)
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+class ConversionError(ValueError):
+    """Weights that do not fit an architecture, or a file that cannot be read.
+
+    The message is one line; `missing`, `unexpected` and `mismatched` hold the full lists.
+    """
+
+    def __init__(self, message: str, missing=(), unexpected=(), mismatched=()):
+        super().__init__(message)
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.mismatched = list(mismatched)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and writing state dicts.
+
+
+def load_state_dict(source: Mapping[str, Any] | PathLike) -> dict[str, np.ndarray]:
+    """Reads a torch state_dict from a mapping or a file into numpy arrays.
+
+    Args:
+      source: a state_dict (torch tensors or numpy arrays); a `.pth`/`.pt` file holding one, or a
+        training checkpoint holding it under 'model' or 'state_dict' (torchvision's reference
+        scripts); or a `.safetensors` file (read without torch).
+
+    Returns:
+      An ordered dict from torch key to numpy array. A 'module.' prefix (DistributedDataParallel)
+      is removed.
+
+    Raises:
+      FileNotFoundError: the path does not exist.
+      ConversionError: the file is corrupt, of an unknown format, or holds no state_dict.
+    """
+    if isinstance(source, Mapping):
+        label, obj = "state_dict", source
+    else:
+        path = Path(source)
+        label = str(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file not found: {path}")
+        suffix = path.suffix.lower()
+        if suffix == ".safetensors":
+            obj = _read_safetensors(path)
+        elif suffix in TORCH_SUFFIXES:
+            obj = _read_torch(path)
+        else:
+            raise ConversionError(
+                f"{path}: unknown weights format {suffix or '(no suffix)'!r}; "
+                "expected .pth, .pt or .safetensors"
+            )
+    obj = _unwrap_checkpoint(obj, label)
+    state = {}
+    for key, value in obj.items():
+        array = _to_numpy(value)
+        if array is None:
+            kind = type(value).__name__
+            raise ConversionError(f"{label}: entry {key!r} is a {kind}, not a tensor")
+        state[key] = array
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ConversionError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
+
+
+def _read_torch(path: Path) -> Any:
+    try:
+        import torch
+    except ImportError as e:
+        raise ConversionError(
+            f"{path}: reading PyTorch files needs torch (pip install 'jaxnets[torch]'); "
+            "a .safetensors file reads without it"
+        ) from e
+    import pickle
+
+    # torchvision's reference scripts store their argparse.Namespace beside the weights; it is
+    # plain data, so allow it. Everything else stays refused by weights_only.
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if unsafe:
+            raise ConversionError(
+                f"{path}: holds a pickled {unsafe.group(1)}, which weights_only=True refuses to "
+                "load; save the model's state_dict() instead"
+            ) from e
+        raise ConversionError(f"{path}: not a readable PyTorch file (corrupt pickle)") from e
+    except Exception as e:
+        raise ConversionError(f"{path}: not a readable PyTorch file ({_first_line(e)})") from e
+
+
+def _unwrap_checkpoint(obj: Any, label: str) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise ConversionError(f"{label}: holds a {type(obj).__name__}, not a state_dict")
+    if any(_to_numpy(v) is not None for v in obj.values()):
+        return obj
+    for wrapper_key in ("model", "state_dict"):
+        if isinstance(obj.get(wrapper_key), Mapping):
+            return obj[wrapper_key]
+    raise ConversionError(
+        f"{label}: no tensors found at the top level nor under 'model' or 'state_dict' "
+        f"(keys: {', '.join(map(str, list(obj)[:5]))})"
+    )
+
+
+def _to_numpy(value: Any) -> np.ndarray | None:
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch.Tensor
+        value = value.detach().cpu()
+        if not value.dtype.is_floating_point or value.dtype.itemsize >= 4:
+            return value.numpy()
+        return value.float().numpy()  # numpy has no bfloat16; float16 -> float32 is exact
+    if isinstance(value, jax.Array):
+        return np.asarray(value)
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().split(". ")[0].splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def save_state_dict(state: Mapping[str, np.ndarray], path: PathLike) -> Path:
+    """Writes a state_dict to `.pth` (needs torch) or `.safetensors`, atomically.
+
+    The file appears complete or not at all: it is written beside its destination and renamed.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (*TORCH_SUFFIXES, ".safetensors"):
+        raise ConversionError(f"{path}: unknown output format {suffix!r}; use .pth or .safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if suffix == ".safetensors":
+            from safetensors.numpy import save_file
+
+            save_file(arrays, tmp)
+        else:
+            import torch
+
+            torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Key mapping.
+
+_INDEXED = re.compile(r"^(.*)_(\d+)$")
+
+
+def torch_to_flax_key(torch_key: str, ndim: int) -> FlatKey | None:
+    """Maps a torch key to its (collection, *modules, leaf) Flax path; None if it has none.
+
+    `num_batches_tracked` maps to None too: it is dropped on purpose.
+    """
+    *modules, leaf = torch_key.split(".")
+    merged: list[str] = []
+    for part in modules:
+        if part.isdigit() and merged:
+            merged[-1] = f"{merged[-1]}_{part}"
+        else:
+            merged.append(part)
+    if leaf == "weight":
+        target = ("params", "kernel" if ndim in (2, 4) else "scale")
+    else:
+        target = {
+            "bias": ("params", "bias"),
+            "running_mean": ("batch_stats", "mean"),
+            "running_var": ("batch_stats", "var"),
+        }.get(leaf)
+    if target is None or not merged:
+        return None
+    return (target[0], *merged, target[1])
+
+
+def flax_to_torch_key(flat_key: FlatKey) -> str:
+    """Maps a (collection, *modules, leaf) Flax path to its torch key."""
+    collection, *modules, leaf = flat_key
+    torch_leaf = {
+        ("params", "kernel"): "weight",
+        ("params", "scale"): "weight",
+        ("params", "bias"): "bias",
+        ("batch_stats", "mean"): "running_mean",
+        ("batch_stats", "var"): "running_var",
+    }[(collection, leaf)]
+    return ".".join([_INDEXED.sub(r"\1.\2", m) for m in modules] + [torch_leaf])
+
+
+def torch_layout(array: np.ndarray) -> np.ndarray:
+    """Flax kernel -> torch weight layout (HWIO -> OIHW, (in, out) -> (out, in))."""
+    if array.ndim == 4:
+        return array.transpose(3, 2, 0, 1)
+    return array.T if array.ndim == 2 else array
+
+
+def flax_layout(array: np.ndarray) -> np.ndarray:
+    """torch weight -> Flax kernel layout (OIHW -> HWIO, (out, in) -> (in, out))."""
+    if array.ndim == 4:
+        return array.transpose(2, 3, 1, 0)
+    return array.T if array.ndim == 2 else array
+
+
+def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+    if len(flax_shape) == 4:
+        h, w, i, o = flax_shape
+        return (o, i, h, w)
+    return tuple(reversed(flax_shape)) if len(flax_shape) == 2 else tuple(flax_shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _target_shapes(name: str, num_classes: int, model_items: tuple = ()) -> dict[FlatKey, Any]:
+    """Flat {(collection, *path): ShapeDtypeStruct} of the model's variables; nothing allocated."""
+    model = create_model(name, num_classes=num_classes, **dict(model_items))
+    # 224x224 fits every architecture (AlexNet needs at least 63); eval_shape only traces.
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)
+    )
+    return dict(_flatten(variables))
+
+
+def torch_shapes(name: str, num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
+    """The torch state_dict keys and shapes of an architecture (num_batches_tracked left out)."""
+    return {
+        flax_to_torch_key(k): _torch_shape(v.shape)
+        for k, v in _target_shapes(name, num_classes).items()
+    }
+
+
+def _flatten(tree: Mapping, prefix: FlatKey = ()) -> list[tuple[FlatKey, Any]]:
+    items = []
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            items.extend(_flatten(value, (*prefix, key)))
+        else:
+            items.append(((*prefix, key), value))
+    return items
+
+
+def _unflatten(flat: Mapping[FlatKey, Any]) -> dict:
+    tree: dict = {}
+    for key, value in flat.items():
+        node = tree
+        for part in key[:-1]:
+            node = node.setdefault(part, {})
+        node[key[-1]] = value
+    return tree
+
+
+def _head_classes(name: str, state: Mapping[str, np.ndarray]) -> int | None:
+    head_weight = flax_to_torch_key(("params", head_module(name), "kernel"))
+    weight = state.get(head_weight)
+    return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else None
+
+
+def _looks_like(state: Mapping[str, np.ndarray]) -> str | None:
+    """The architecture whose keys and shapes (ignoring the head size) match `state`, if any."""
+    found = {k: tuple(v.shape) for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    for candidate in list_models():
+        classes = _head_classes(candidate, state)
+        if classes is None:
+            continue
+        if torch_shapes(candidate, classes) == found:
+            return candidate
+    return None
+
+
+def _examples(keys: list[str], limit: int = 3) -> str:
+    shown = "; ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# The two directions.
+
+
+def from_torchvision(
+    name: str,
+    source: Mapping[str, Any] | PathLike,
+    *,
+    num_classes: int | None = None,
+    reinit_head: bool = False,
+    seed: int = 0,
+    **model_kwargs,
+) -> dict[str, dict]:
+    """Converts torchvision weights into Flax variables for `create_model(name, ...)`.
+
+    Args:
+      name: architecture name, e.g. "resnet50".
+      source: a state_dict or a `.pth`/`.pt`/`.safetensors` path (see `load_state_dict`).
+      num_classes: classes of the model to build; by default, those of the weights' head.
+      reinit_head: if the weights' head has another number of classes than `num_classes`, drop
+        it and initialize a new one as torchvision would (transfer learning). Without it, a head
+        of another size is an error.
+      seed: PRNG seed of the re-initialized head.
+      **model_kwargs: further options of the model (e.g. dtype); must not change shapes.
+
+    Returns:
+      {'params': ..., 'batch_stats': ...} of jax arrays (batch_stats empty for models without
+      BatchNorm).
+
+    Raises:
+      ConversionError: keys missing, unexpected or of the wrong shape, each named, with the
+        architecture the weights look like when it is another one.
+    """
+    state = load_state_dict(source)
+    head = head_module(name)
+    file_classes = _head_classes(name, state)
+    num_classes = num_classes or file_classes or 1000
+    head_prefix = flax_to_torch_key(("params", head, "bias")).removesuffix("bias")
+
+    dropped_head = False
+    if file_classes is not None and file_classes != num_classes:
+        if not reinit_head:
+            raise ConversionError(
+                f"{name}: the weights' head {head_prefix}weight has {file_classes} classes but "
+                f"num_classes={num_classes} was asked; pass reinit_head=True "
+                "(--reinit-head) to drop it and start a new head"
+            )
+        state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
+        dropped_head = True
+
+    targets = _target_shapes(name, num_classes, tuple(sorted(model_kwargs.items())))
+    filled: dict[FlatKey, np.ndarray] = {}
+    unexpected, mismatched = [], []
+    for torch_key, array in state.items():
+        if torch_key.endswith("num_batches_tracked"):
+            continue
+        flat_key = torch_to_flax_key(torch_key, array.ndim)
+        if flat_key not in targets:
+            unexpected.append(torch_key)
+            continue
+        target = targets[flat_key]
+        value = flax_layout(array)
+        if value.shape != target.shape:
+            expected = _torch_shape(target.shape)
+            mismatched.append(f"{torch_key}: expected {expected}, found {tuple(array.shape)}")
+            continue
+        filled[flat_key] = value.astype(target.dtype)
+
+    missing_keys = [k for k in targets if k not in filled]
+    if dropped_head:
+        missing_keys = [k for k in missing_keys if k[1] != head]
+        filled.update(_init_head(name, num_classes, seed, model_kwargs))
+    missing = [flax_to_torch_key(k) for k in missing_keys]
+
+    if missing or unexpected or mismatched:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing keys ({_examples(missing)})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected keys ({_examples(unexpected)})")
+        if mismatched:
+            problems.append(f"{len(mismatched)} shape mismatches ({_examples(mismatched, 2)})")
+        message = f"{name}: weights do not fit: {'; '.join(problems)}"
+        other = _looks_like(state)
+        if other and other != name:
+            message += f"; they look like {other} weights"
+        raise ConversionError(message, missing, unexpected, mismatched)
+
+    variables = _unflatten(filled)
+    variables.setdefault("batch_stats", {})
+    return jax.device_put(variables)
+
+
+def _init_head(name: str, num_classes: int, seed: int, model_kwargs) -> dict[FlatKey, Any]:
+    model = create_model(name, num_classes=num_classes, **model_kwargs)
+    head = head_module(name)
+
+    # Only the head leaves are returned, so XLA prunes the rest of the initialization.
+    @jax.jit
+    def init_head(key):
+        return model.init(key, jnp.zeros((1, 224, 224, 3)), train=False)["params"][head]
+
+    return {("params", head, k): v for k, v in init_head(jax.random.key(seed)).items()}
+
+
+def to_torchvision(name: str, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Converts Flax variables of `create_model(name, ...)` into a torchvision state_dict.
+
+    Args:
+      name: architecture name.
+      variables: {'params': ..., 'batch_stats': ...} (other collections are ignored).
+
+    Returns:
+      {torch key: numpy array}, accepted by `torchvision.models.<name>(num_classes=...)
+      .load_state_dict({k: torch.from_numpy(v) ...}, strict=True)`; num_batches_tracked is 0.
+
+    Raises:
+      ConversionError: the variables are not those of `name` (keys or shapes named).
+    """
+    flat = {k: v for k, v in _flatten({c: variables.get(c, {}) for c in ("params", "batch_stats")})}
+    head_kernel = flat.get(("params", head_module(name), "kernel"))
+    num_classes = int(head_kernel.shape[-1]) if head_kernel is not None else 1000
+    targets = _target_shapes(name, num_classes)
+    missing = [flax_to_torch_key(k) for k in targets if k not in flat]
+    unexpected = ["/".join(k) for k in flat if k not in targets]
+    mismatched = [
+        f"{'/'.join(k)}: expected {targets[k].shape}, found {tuple(np.shape(v))}"
+        for k, v in flat.items()
+        if k in targets and tuple(np.shape(v)) != targets[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        raise ConversionError(
+            f"{name}: variables do not fit: {len(missing)} missing ({_examples(missing)}), "
+            f"{len(unexpected)} unexpected ({_examples(unexpected)}), "
+            f"{len(mismatched)} mismatched ({_examples(mismatched, 2)})",
+            missing, unexpected, mismatched,
+        )  # fmt: skip
+
+    state: dict[str, np.ndarray] = {}
+    for flat_key, value in flat.items():
+        array = np.asarray(value)
+        if array.dtype.kind == "f" and array.dtype.itemsize < 4:
+            array = array.astype(np.float32)  # bfloat16 has no torch.from_numpy route
+        # A writable C-ordered copy: torch.from_numpy warns on read-only views.
+        state[flax_to_torch_key(flat_key)] = np.array(torch_layout(array), order="C")
+        if flat_key[-1] == "var":
+            module = flax_to_torch_key(flat_key).removesuffix("running_var")
+            state[f"{module}num_batches_tracked"] = np.array(0, np.int64)
+    return state

@@ -1,0 +1,139 @@
+"""Building blocks that reproduce torch's numerics where Flax's defaults differ.
+
+See shared/PORTING.md: torch pads stride-2 convolutions symmetrically, its BatchNorm updates the
+running variance with the unbiased batch variance, and its AdaptiveAvgPool2d uses overlapping
+floor/ceil bins. Each of those is spelled out here rather than left to a Flax default.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+# torch.nn.init.kaiming_normal_(mode="fan_out", nonlinearity="relu"): an untruncated normal with
+# std sqrt(2 / fan_out). JAX's fan_out for an HWIO kernel is out_channels * kh * kw, as in torch
+# (also for grouped convolutions).
+kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+# torch's default for Conv2d and Linear weights, kaiming_uniform_(a=sqrt(5)), is U(-b, b) with
+# b = 1 / sqrt(fan_in); variance_scaling(1/3, fan_in, uniform) has exactly that bound.
+torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias(fan_in: int) -> Initializer:
+    """torch's default bias init for Conv2d/Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def pad2(p: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Symmetric (torch-style) spatial padding of p pixels on every side."""
+    return ((p, p), (p, p))
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm2d with torch's semantics on NHWC input.
+
+    Training mode normalizes with the biased batch variance and updates the running variance with
+    the unbiased one (n / (n - 1)), as torch does; Flax's BatchNorm uses the biased variance for
+    both. Statistics are computed and stored in float32 whatever the compute dtype.
+
+    Attributes:
+      momentum: weight of the old running statistic (Flax convention); torch's momentum 0.1 is 0.9.
+      epsilon: added to the variance; 1e-5 in torch.
+      dtype: dtype of the output (the compute dtype).
+      param_dtype: dtype of scale and bias.
+      scale_init: init of the affine scale (torch: ones; zero_init_residual: zeros).
+      batch_groups: if > 1, the batch is split into this many equal groups, each normalized with
+        its own statistics (per-device BatchNorm when it equals the data-parallel device count);
+        running statistics are updated with the mean over groups.
+    """
+
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    scale_init: Initializer = nn.initializers.ones
+    batch_groups: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        dtype = self.dtype or x.dtype
+
+        if use_running_average:
+            mean, var = running_mean.value, running_var.value
+            inv = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
+            shift = bias.astype(jnp.float32) - mean * inv
+            return (x * inv.astype(dtype) + shift.astype(dtype)).astype(dtype)
+
+        groups = self.batch_groups
+        if x.shape[0] % groups:
+            raise ValueError(f"BatchNorm: batch {x.shape[0]} is not divisible by {groups} groups")
+        xg = x.astype(jnp.float32).reshape((groups, x.shape[0] // groups, *x.shape[1:]))
+        axes = tuple(range(1, xg.ndim - 1))
+        mean = xg.mean(axes, keepdims=True)
+        # Two-pass variance: E[(x - mean)^2] keeps float32 accuracy where E[x^2] - E[x]^2 would not.
+        var = jnp.square(xg - mean).mean(axes, keepdims=True)
+        n = math.prod(xg.shape[1:-1])
+
+        if not self.is_initializing():
+            batch_mean = mean.reshape(groups, features).mean(0)
+            batch_var = var.reshape(groups, features).mean(0) * (n / max(n - 1, 1))
+            m = self.momentum
+            running_mean.value = m * running_mean.value + (1 - m) * batch_mean
+            running_var.value = m * running_var.value + (1 - m) * batch_var
+
+        inv = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
+        y = (xg - mean) * inv + bias.astype(jnp.float32)
+        return y.reshape(x.shape).astype(dtype)
+
+
+def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """The (out_size, in_size) averaging matrix of torch's AdaptiveAvgPool along one axis.
+
+    Output bin i averages inputs [floor(i * in / out), ceil((i + 1) * in / out)); bins overlap
+    when in_size is not a multiple of out_size and repeat pixels when in_size < out_size.
+    """
+    matrix = np.zeros((out_size, in_size), np.float32)
+    for i in range(out_size):
+        start = (i * in_size) // out_size
+        end = -((-(i + 1) * in_size) // out_size)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
+    """torch.nn.AdaptiveAvgPool2d on NHWC input, exact at every input size."""
+    (_, h, w, _), (oh, ow) = x.shape, output_size
+    if (h, w) == (oh, ow):
+        return x
+    if h % oh == 0 and w % ow == 0:
+        # Equal, non-overlapping bins: a plain reshape-mean, cheaper than the matrices.
+        n, c = x.shape[0], x.shape[-1]
+        return x.reshape(n, oh, h // oh, ow, w // ow, c).mean(axis=(2, 4))
+    rows = jnp.asarray(adaptive_pool_matrix(h, oh), x.dtype)
+    cols = jnp.asarray(adaptive_pool_matrix(w, ow), x.dtype)
+    return jnp.einsum("oh,nhwc,pw->nopc", rows, x, cols, precision=jax.lax.Precision.HIGHEST)
+
+
+def flatten_nchw(x: jax.Array) -> jax.Array:
+    """Flatten NHWC features in torch's (C, H, W) order so torch's first Linear applies as is."""
+    return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)

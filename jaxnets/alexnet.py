@@ -78,7 +78,7 @@ class AlexNet(nn.Module):
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         x = nn.relu(self._linear(x, 4096, "classifier_4"))
         x = self._linear(x, self.num_classes, "classifier_6")
-        return x.astype(jnp.float32)
+        return x.astype(jnp.promote_types(jnp.float32, self.dtype))  # logits in >= float32
 
 
 @register_model(head="classifier_6")

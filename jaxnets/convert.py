@@ -264,9 +264,14 @@ def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(flax_shape)) if len(flax_shape) == 2 else tuple(flax_shape)
 
 
-@functools.lru_cache(maxsize=64)
 def _target_shapes(name: str, num_classes: int, model_items: tuple = ()) -> dict[FlatKey, Any]:
     """Flat {(collection, *path): ShapeDtypeStruct} of the model's variables; nothing allocated."""
+    # The dtypes depend on jax_enable_x64, so it is part of the cache key.
+    return _cached_target_shapes(name, num_classes, model_items, jax.config.jax_enable_x64)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_target_shapes(name, num_classes, model_items, x64) -> dict[FlatKey, Any]:
     model = create_model(name, num_classes=num_classes, **dict(model_items))
     # 224x224 fits every architecture (AlexNet needs at least 63); eval_shape only traces.
     variables = jax.eval_shape(
@@ -378,7 +383,7 @@ def from_torchvision(
 
     targets = _target_shapes(name, num_classes, tuple(sorted(model_kwargs.items())))
     filled: dict[FlatKey, np.ndarray] = {}
-    unexpected, mismatched = [], []
+    unexpected, mismatched, mismatched_keys = [], [], set()
     for torch_key, array in state.items():
         if torch_key.endswith("num_batches_tracked"):
             continue
@@ -391,10 +396,11 @@ def from_torchvision(
         if value.shape != target.shape:
             expected = _torch_shape(target.shape)
             mismatched.append(f"{torch_key}: expected {expected}, found {tuple(array.shape)}")
+            mismatched_keys.add(flat_key)
             continue
         filled[flat_key] = value.astype(target.dtype)
 
-    missing_keys = [k for k in targets if k not in filled]
+    missing_keys = [k for k in targets if k not in filled and k not in mismatched_keys]
     if dropped_head:
         missing_keys = [k for k in missing_keys if k[1] != head]
         filled.update(_init_head(name, num_classes, seed, model_kwargs))

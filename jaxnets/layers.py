@@ -49,7 +49,8 @@ class BatchNorm(nn.Module):
 
     Training mode normalizes with the biased batch variance and updates the running variance with
     the unbiased one (n / (n - 1)), as torch does; Flax's BatchNorm uses the biased variance for
-    both. Statistics are computed and stored in float32 whatever the compute dtype.
+    both. Statistics are computed and stored in float32 (float64 with float64 parameters)
+    whatever the compute dtype.
 
     Attributes:
       momentum: weight of the old running statistic (Flax convention); torch's momentum 0.1 is 0.9.
@@ -72,22 +73,23 @@ class BatchNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
         features = x.shape[-1]
+        stats_dtype = jnp.promote_types(jnp.float32, self.param_dtype)
         scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
-        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
-        running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), stats_dtype)
+        running_var = self.variable("batch_stats", "var", jnp.ones, (features,), stats_dtype)
         dtype = self.dtype or x.dtype
 
         if use_running_average:
             mean, var = running_mean.value, running_var.value
-            inv = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
-            shift = bias.astype(jnp.float32) - mean * inv
+            inv = scale.astype(stats_dtype) * jax.lax.rsqrt(var + self.epsilon)
+            shift = bias.astype(stats_dtype) - mean * inv
             return (x * inv.astype(dtype) + shift.astype(dtype)).astype(dtype)
 
         groups = self.batch_groups
         if x.shape[0] % groups:
             raise ValueError(f"BatchNorm: batch {x.shape[0]} is not divisible by {groups} groups")
-        xg = x.astype(jnp.float32).reshape((groups, x.shape[0] // groups, *x.shape[1:]))
+        xg = x.astype(stats_dtype).reshape((groups, x.shape[0] // groups, *x.shape[1:]))
         axes = tuple(range(1, xg.ndim - 1))
         mean = xg.mean(axes, keepdims=True)
         # Two-pass variance: E[(x - mean)^2] keeps float32 accuracy where E[x^2] - E[x]^2 would not.
@@ -101,8 +103,8 @@ class BatchNorm(nn.Module):
             running_mean.value = m * running_mean.value + (1 - m) * batch_mean
             running_var.value = m * running_var.value + (1 - m) * batch_var
 
-        inv = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
-        y = (xg - mean) * inv + bias.astype(jnp.float32)
+        inv = scale.astype(stats_dtype) * jax.lax.rsqrt(var + self.epsilon)
+        y = (xg - mean) * inv + bias.astype(stats_dtype)
         return y.reshape(x.shape).astype(dtype)
 
 

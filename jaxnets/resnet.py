@@ -173,7 +173,7 @@ class ResNet(nn.Module):
             param_dtype=self.param_dtype,
             name="fc",
         )(x)
-        return x.astype(jnp.float32)
+        return x.astype(jnp.promote_types(jnp.float32, self.dtype))  # logits in >= float32
 
 
 def _conv(features, kernel_size, strides, padding, **kwargs) -> nn.Conv:

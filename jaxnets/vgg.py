@@ -88,7 +88,7 @@ class VGG(nn.Module):
         x = nn.relu(dense(4096, "classifier_3")(x))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         x = dense(self.num_classes, "classifier_6")(x)
-        return x.astype(jnp.float32)
+        return x.astype(jnp.promote_types(jnp.float32, self.dtype))  # logits in >= float32
 
 
 def _vgg(cfg: str, batch_norm: bool, kwargs) -> VGG:

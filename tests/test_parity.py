@@ -1,0 +1,94 @@
+"""Numerical parity with torchvision itself, for all 19 architectures (fp32, CPU, highest
+matmul precision): random-init torchvision models with randomized BatchNorm, converted."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from conftest import ALL_MODELS, nhwc, relative_error, torchvision_model
+
+import jaxnets
+from jaxnets.convert import from_torchvision, to_torchvision
+from jaxnets.layers import adaptive_avg_pool
+
+TOLERANCE = 1e-4  # max |diff| relative to the largest |logit|
+
+
+def dropout_free(name):
+    return {"dropout": 0.0} if name == "alexnet" or name.startswith("vgg") else {}
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_eval_logits_match_torchvision(name, highest_precision):
+    torch_model = torchvision_model(name, num_classes=10).eval()
+    variables = from_torchvision(name, torch_model.state_dict())
+    model = jaxnets.create_model(name, num_classes=10)
+    # 97x131 is odd, non-square, and below VGG's 7x7 and AlexNet's 6x6 pooling grids.
+    for batch, size in [(1, (224, 224)), (2, (97, 131))]:
+        x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            expected = torch_model(x).numpy()
+        actual = model.apply(variables, jnp.asarray(nhwc(x)), train=False)
+        assert relative_error(actual, expected) < TOLERANCE, (
+            size,
+            relative_error(actual, expected),
+        )
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_train_mode_logits_and_running_statistics_match_torchvision(name):
+    """One train-mode forward: batch-statistics logits and updated running_mean/running_var.
+
+    Compared in float64: in float32, train-mode BatchNorm divides by statistics of few samples
+    and amplifies summation-order noise with depth (up to ~5e-4 of the logit scale after 150
+    layers), which would hide a real semantic difference behind a loose tolerance. In float64
+    the two frameworks agree to ~1e-12.
+    """
+    torch_model = torchvision_model(name, num_classes=10, **dropout_free(name)).double().train()
+    with jax.enable_x64(True):
+        dtypes = {"dtype": jnp.float64, "param_dtype": jnp.float64, **dropout_free(name)}
+        variables = from_torchvision(name, torch_model.state_dict(), **dtypes)
+        model = jaxnets.create_model(name, num_classes=10, **dtypes)
+        x = torch.randn(4, 3, 64, 80, generator=torch.Generator().manual_seed(2)).double()
+        expected = torch_model(x).detach().numpy()  # also updates torch's running statistics
+        actual, state = model.apply(
+            variables, jnp.asarray(nhwc(x)), train=True, mutable=["batch_stats"]
+        )
+        assert actual.dtype == jnp.float64
+        assert relative_error(actual, expected) < 1e-9
+        updated = to_torchvision(name, {**variables, **state})
+    for key, value in torch_model.state_dict().items():
+        if key.endswith(("running_mean", "running_var")):
+            np.testing.assert_allclose(
+                updated[key], value.numpy(), rtol=1e-9, atol=1e-12, err_msg=key
+            )
+
+
+@pytest.mark.parametrize(
+    "in_size", [(1, 1), (3, 5), (6, 6), (7, 7), (8, 9), (13, 14), (15, 20), (224, 223)]
+)
+def test_adaptive_avg_pool_matches_torch_at_every_size(in_size):
+    x = torch.randn(2, 4, *in_size, generator=torch.Generator().manual_seed(3))
+    for out in [(7, 7), (6, 6), (1, 1)]:
+        expected = torch.nn.functional.adaptive_avg_pool2d(x, out).numpy().transpose(0, 2, 3, 1)
+        actual = adaptive_avg_pool(jnp.asarray(nhwc(x)), out)
+        np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_batchnorm_groups_normalize_each_group_on_its_own(highest_precision):
+    # Per-device BatchNorm: each group of the batch behaves as torch's BN on that group alone.
+    from jaxnets.layers import BatchNorm
+
+    x = torch.randn(8, 3, 5, 5, generator=torch.Generator().manual_seed(4)) * 2 + 1
+    torch_bn = torch.nn.BatchNorm2d(3).train()
+    halves = [torch_bn(half).detach().numpy() for half in x.split(4)]
+    bn = BatchNorm(batch_groups=2)
+    variables = bn.init(jax.random.key(0), jnp.zeros((8, 5, 5, 3)), use_running_average=False)
+    y, state = bn.apply(variables, jnp.asarray(nhwc(x)), use_running_average=False,
+                        mutable=["batch_stats"])  # fmt: skip
+    np.testing.assert_allclose(y, nhwc(torch.from_numpy(np.concatenate(halves))), atol=1e-5)
+    unbiased_vars = [half.var(dim=(0, 2, 3), unbiased=True).numpy() for half in x.split(4)]
+    np.testing.assert_allclose(
+        state["batch_stats"]["var"], 0.9 + 0.1 * np.mean(unbiased_vars, 0), rtol=1e-5
+    )

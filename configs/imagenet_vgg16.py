@@ -1,0 +1,26 @@
+"""VGG-16 on ImageNet with torchvision's reference recipe (V1 weights: 71.59% top-1).
+
+  python -m train --config configs/imagenet_vgg16.py --workdir workdir/vgg16
+
+torchvision: SGD momentum 0.9, lr 0.01 (batch 256), weight decay 5e-4, 90 epochs, lr / 10 every
+30 epochs. Needs the tfds ImageNet pipeline (issue 6, not in this release yet).
+"""
+
+from train.config import base_config
+
+
+def get_config():
+    config = base_config()
+    config.model = "vgg16"
+    config.dataset = "tfds:imagenet2012"
+    config.image_size = 224
+    config.batch_size = 256
+    config.num_epochs = 90
+    config.learning_rate = 0.01
+    config.weight_decay = 5e-4
+    config.schedule = "step"
+    config.lr_step_epochs = 30
+    config.dtype = "bfloat16"
+    config.log_every_steps = 100
+    config.checkpoint_every_steps = 5000
+    return config

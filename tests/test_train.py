@@ -1,0 +1,194 @@
+"""The training program: configs, bad-config errors, loss going down, exact resume, fine-tuning
+from converted weights, and 4 devices against 1."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+
+from train.config import ConfigError, base_config, validate
+from train.optim import make_optimizer
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.py"))
+
+
+def load_config(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def tiny_config(**overrides):
+    config = load_config(REPO / "configs" / "digits.py")
+    config.update(
+        {"image_size": 16, "batch_size": 16, "eval_batch_size": 64, "num_epochs": 1,
+         "max_steps": 6, "checkpoint_every_steps": 3, "log_every_steps": 1,
+         "progress_bar": False, "augment": False, "warmup_epochs": 0.0, **overrides}
+    )  # fmt: skip
+    return config
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_config_parses_and_builds_model_and_optimizer(path):
+    import jaxnets
+    from train.train import create_model
+
+    config = load_config(path)
+    assert "python -m train --config configs/" in path.read_text()  # docstring says how to run
+    validate(config, device_count=1)
+    model = create_model(config, num_classes=10, device_count=1)
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    )
+    tx = make_optimizer(config, steps_per_epoch=10)
+    opt_state = jax.eval_shape(tx.init, shapes["params"])
+    assert jax.tree.leaves(opt_state)
+    assert config.model in jaxnets.list_models()
+
+
+def test_bad_values_are_rejected_with_one_line():
+    for key, value, message in [
+        ("model", "resnet5", "unknown model 'resnet5'"),
+        ("learning_rate", -0.1, "learning_rate=-0.1: expected > 0"),
+        ("schedule", "linear", "schedule='linear'"),
+        ("dtype", "float16", "dtype='float16'"),
+    ]:
+        config = base_config()
+        config[key] = value
+        with pytest.raises(ConfigError, match=message) as error:
+            validate(config, device_count=1)
+        assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="batch_size=64 is not divisible by the 3 devices"):
+        validate(base_config(), device_count=3)
+    with pytest.raises(AttributeError):
+        base_config().batch_sise = 3  # locked: a misspelt key cannot be added
+
+
+def run_train(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "train", "--config", str(REPO / "configs" / "digits.py"), *args],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_command_line_errors(tmp_path):
+    result = run_train("--workdir", str(tmp_path / "a"), "--config.batch_sise=3")
+    assert result.returncode != 0 and "batch_sise" in result.stderr
+    result = run_train("--workdir", str(tmp_path / "b"), "--config.learning_rate=-1")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "train: error: config.learning_rate=-1.0: expected > 0"
+    )
+    assert not (tmp_path / "b").exists()  # rejected before anything is written
+
+
+def final_params(workdir):
+    import orbax.checkpoint as ocp
+
+    with ocp.CheckpointManager(Path(workdir) / "checkpoints") as manager:
+        restored = manager.restore(manager.latest_step())
+    return manager.latest_step(), restored["state"]["params"]
+
+
+def test_training_lowers_the_loss_and_a_resumed_run_is_bit_identical(tmp_path):
+    from train.train import train_and_evaluate
+
+    summary = train_and_evaluate(tiny_config(max_steps=8, learning_rate=0.01), tmp_path / "full")
+    lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    lines = [json.loads(line) for line in lines]
+    losses = [line["loss"] for line in lines if line["split"] == "train"]
+    assert len(losses) == 8 and np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert summary["steps"] == 8 and set(summary) >= {
+        "top1", "top5", "loss", "steps", "epochs", "images_per_sec", "wall_s"
+    }  # fmt: skip
+    for name in ["summary.json", "confusion_matrix.json", "confusion_matrix.png", "config.json"]:
+        assert (tmp_path / "full" / name).is_file()
+    assert list((tmp_path / "full" / "tensorboard").glob("events.out.tfevents.*"))
+
+    # Interrupted after step 4 (its checkpoint written), then the same command again.
+    train_and_evaluate(tiny_config(max_steps=4, learning_rate=0.01), tmp_path / "resumed")
+    train_and_evaluate(tiny_config(max_steps=8, learning_rate=0.01), tmp_path / "resumed")
+    step_a, params_a = final_params(tmp_path / "full")
+    step_b, params_b = final_params(tmp_path / "resumed")
+    assert step_a == step_b == 8
+    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+
+
+def test_non_finite_loss_stops_and_names_the_step(tmp_path):
+    from train.train import NonFiniteLoss, train_and_evaluate
+
+    with pytest.raises(NonFiniteLoss, match=r"loss is (nan|inf) at step \d+"):
+        train_and_evaluate(tiny_config(learning_rate=1e12, max_steps=10), tmp_path)
+
+
+def test_fine_tuning_from_a_torchvision_file_with_a_new_head(tmp_path):
+    import torchvision
+
+    from train.train import create_model, initial_variables
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    config = tiny_config(init_from=str(tmp_path / "r18.pth"), freeze_backbone=True)
+    model = create_model(config, num_classes=10, device_count=1)
+    variables = initial_variables(config, model, (16, 16, 3), num_classes=10)
+    assert variables["params"]["fc"]["kernel"].shape == (512, 10)
+    torch.manual_seed(0)  # the same seed gives the same tensors as the saved file
+    expected = torchvision.models.resnet18().state_dict()
+    np.testing.assert_array_equal(
+        variables["params"]["conv1"]["kernel"],
+        expected["conv1.weight"].numpy().transpose(2, 3, 1, 0),
+    )
+    tx = make_optimizer(config, 10, trainable=lambda p: {k: jax.tree.map(
+        lambda _, k=k: k == "fc", v) for k, v in p.items()})  # fmt: skip
+    grads = jax.tree.map(jnp.ones_like, variables["params"])
+    updates, _ = tx.update(grads, tx.init(variables["params"]), variables["params"])
+    assert not np.any(updates["conv1"]["kernel"]) and np.all(updates["fc"]["kernel"] != 0)
+
+
+def test_four_devices_match_one_device_on_the_same_global_batch(tmp_path):
+    from train.train import train_and_evaluate
+
+    train_and_evaluate(tiny_config(max_steps=3), tmp_path / "one")
+    result = run_train(
+        "--workdir", str(tmp_path / "four"), "--config.image_size=16", "--config.batch_size=16",
+        "--config.eval_batch_size=64", "--config.num_epochs=1", "--config.max_steps=3",
+        "--config.checkpoint_every_steps=3", "--config.log_every_steps=1",
+        "--config.progress_bar=False", "--config.augment=False", "--config.warmup_epochs=0",
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "four" / "summary.json").read_text())["devices"] == 4
+    _, one = final_params(tmp_path / "one")
+    _, four = final_params(tmp_path / "four")
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5), one, four)
+
+
+def test_optimizer_matches_torch_sgd_with_weight_decay_momentum_and_nesterov():
+    for nesterov in (False, True):
+        config = base_config()
+        config.update({"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 1e-2,
+                       "nesterov": nesterov, "schedule": "constant"})  # fmt: skip
+        w0 = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+        grads = [np.random.default_rng(i).normal(size=(3, 4)).astype(np.float32) for i in range(4)]
+        torch_w = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+        sgd = torch.optim.SGD([torch_w], lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=nesterov)
+        tx = make_optimizer(config, steps_per_epoch=10)
+        params = {"kernel": jnp.asarray(w0)}
+        opt_state = tx.init(params)
+        for g in grads:
+            torch_w.grad = torch.from_numpy(g)
+            sgd.step()
+            updates, opt_state = tx.update({"kernel": jnp.asarray(g)}, opt_state, params)
+            params = optax.apply_updates(params, updates)
+        np.testing.assert_allclose(params["kernel"], torch_w.detach().numpy(), rtol=1e-6)

@@ -1,0 +1,50 @@
+"""python -m train --config configs/NAME.py --workdir DIR [--config.KEY=VALUE ...]"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and summary go")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    from train.train import NonFiniteLoss, TrainingInterrupted, train_and_evaluate
+
+    try:
+        summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except TrainingInterrupted as e:
+        print(f"train: {e}", file=sys.stderr)
+        return 143
+    except (ValueError, FileNotFoundError, NonFiniteLoss) as e:
+        print(f"train: error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"done: top1 {summary['top1']:.4f} top5 {summary['top5']:.4f} loss {summary['loss']:.4f} "
+        f"macro-F1 {summary['macro_f1']:.4f} | {summary['steps']} steps, "
+        f"{summary['images_per_sec']:.0f} img/s, {summary['wall_s']:.0f} s -> {_WORKDIR.value}"
+    )
+    return 0
+
+
+def run():
+    """Entry point that turns flag-parsing errors (unknown key, bad value) into one line."""
+    try:
+        app.run(main)
+    except SystemExit:
+        raise
+    except (AttributeError, KeyError, ValueError, TypeError, flags.Error) as e:
+        print(f"train: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    run()

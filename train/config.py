@@ -1,0 +1,101 @@
+"""The training configuration: every key with its default, and the checks run before compiling.
+
+Config files (configs/*.py) start from `base_config()`, which is locked: a misspelt key in a file
+or on the command line (--config.batch_sise=64) fails at once instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+SCHEDULES = ("cosine", "step", "multistep", "constant")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message is one line naming the key."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = "resnet18"
+    c.dtype = "float32"  # compute dtype; parameters and BatchNorm statistics stay float32
+    c.dropout = 0.5  # VGG/AlexNet classifier dropout (torchvision's default)
+    c.zero_init_residual = False
+
+    c.dataset = "digits"  # digits | tfds:NAME[:VERSION] | folder:PATH (see README)
+    c.data_dir = ""
+    c.image_size = 32
+    c.augment = False  # digits: small random translations
+
+    c.batch_size = 64  # global, over all devices
+    c.eval_batch_size = 256
+    c.num_epochs = 10
+    c.seed = 0
+
+    c.learning_rate = 0.1
+    c.momentum = 0.9
+    c.nesterov = False
+    c.weight_decay = 1e-4
+    # None: same as weight_decay (torchvision's --norm-weight-decay / --bias-weight-decay)
+    c.norm_weight_decay = ml_collections.FieldReference(None, field_type=float)
+    c.bias_weight_decay = ml_collections.FieldReference(None, field_type=float)
+    c.schedule = "cosine"
+    c.warmup_epochs = 0.0
+    c.lr_step_epochs = 30  # schedule=step: decay every this many epochs
+    c.lr_milestones = ()  # schedule=multistep: epochs at which to decay
+    c.lr_gamma = 0.1
+    c.label_smoothing = 0.0
+    c.grad_clip_norm = 0.0  # 0: off
+    c.ema_decay = 0.0  # 0: off; else EMA of params and BatchNorm statistics per step
+
+    c.bn_sync = True  # False: BatchNorm statistics per device, as pmap without axis_name
+
+    c.init_from = ""  # a jaxnets export dir or a torchvision .pth/.safetensors to fine-tune
+    c.freeze_backbone = False  # train only the head (the backbone runs in eval mode)
+
+    c.log_every_steps = 20
+    c.checkpoint_every_steps = 0  # 0: at the end of every epoch
+    c.keep_checkpoints = 3
+    c.max_steps = 0  # 0: num_epochs worth; else stop after this many steps (smoke runs)
+    c.progress_bar = True
+    return c.lock()
+
+
+def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
+    """Raises ConfigError for the first invalid value, before anything compiles."""
+    import jaxnets
+
+    if config.model not in jaxnets.list_models():
+        try:
+            jaxnets.create_model(config.model)
+        except ValueError as e:
+            raise ConfigError(f"config.model: {e}") from None
+    checks = [
+        (config.dtype in DTYPES, "dtype", f"one of {DTYPES}"),
+        (config.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}"),
+        (config.learning_rate > 0, "learning_rate", "> 0"),
+        (config.batch_size > 0, "batch_size", "> 0"),
+        (config.eval_batch_size > 0, "eval_batch_size", "> 0"),
+        (config.num_epochs > 0, "num_epochs", "> 0"),
+        (config.image_size >= 8, "image_size", ">= 8"),
+        (0 <= config.momentum < 1, "momentum", "in [0, 1)"),
+        (config.weight_decay >= 0, "weight_decay", ">= 0"),
+        (0 <= config.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
+        (0 <= config.ema_decay < 1, "ema_decay", "in [0, 1)"),
+        (config.grad_clip_norm >= 0, "grad_clip_norm", ">= 0"),
+        (config.warmup_epochs >= 0, "warmup_epochs", ">= 0"),
+        (0 <= config.dropout < 1, "dropout", "in [0, 1)"),
+        (config.lr_step_epochs > 0, "lr_step_epochs", "> 0"),
+        (config.keep_checkpoints > 0, "keep_checkpoints", "> 0"),
+        (config.log_every_steps > 0, "log_every_steps", "> 0"),
+        (not config.nesterov or config.momentum > 0, "nesterov", "used with momentum > 0"),
+    ]
+    for ok, key, expected in checks:
+        if not ok:
+            raise ConfigError(f"config.{key}={getattr(config, key)!r}: expected {expected}")
+    for key in ("batch_size", "eval_batch_size"):
+        if config[key] % device_count:
+            raise ConfigError(
+                f"config.{key}={config[key]} is not divisible by the {device_count} devices"
+            )

@@ -1,0 +1,85 @@
+"""Where metrics go: metrics.jsonl and TensorBoard event files in the workdir, and the final
+classification report (per-class accuracy, macro-F1, confusion matrix as JSON and PNG)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+class MetricWriter:
+    """Appends {'step', 'split', **scalars} lines to metrics.jsonl and writes TensorBoard
+    scalars (tag 'split/name') through tf.summary."""
+
+    def __init__(self, workdir: Path):
+        import tensorflow as tf
+
+        tf.config.set_visible_devices([], "GPU")  # tf.summary only; leave accelerators to JAX
+        self._tf = tf
+        self._jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
+        self._tb = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+
+    def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
+        scalars = {k: float(v) for k, v in scalars.items()}
+        self._jsonl.write(json.dumps({"step": step, "split": split, **scalars}) + "\n")
+        self._jsonl.flush()
+        with self._tb.as_default():
+            for name, value in scalars.items():
+                self._tf.summary.scalar(f"{split}/{name}", value, step=step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        self._jsonl.close()
+        self._tb.close()
+
+
+def classification_report(
+    labels: np.ndarray, predictions: np.ndarray, class_names: list[str]
+) -> dict:
+    """Per-class accuracy (recall), per-class F1, macro-F1 and the confusion matrix
+    (rows: true class, columns: predicted)."""
+    k = len(class_names)
+    confusion = np.zeros((k, k), np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
+    true_positive = np.diag(confusion).astype(np.float64)
+    support = confusion.sum(1)
+    predicted = confusion.sum(0)
+    recall = np.divide(true_positive, support, out=np.zeros(k), where=support > 0)
+    precision = np.divide(true_positive, predicted, out=np.zeros(k), where=predicted > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(k), where=denominator > 0)
+    return {
+        "class_names": class_names,
+        "per_class_accuracy": dict(zip(class_names, recall.round(6).tolist(), strict=True)),
+        "per_class_f1": dict(zip(class_names, f1.round(6).tolist(), strict=True)),
+        "macro_f1": float(f1[support > 0].mean()),
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def plot_confusion_matrix(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    confusion = np.asarray(report["confusion_matrix"])
+    names = report["class_names"]
+    size = max(4.0, 0.45 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(confusion, cmap="Blues")
+    if len(names) <= 30:
+        ax.set_xticks(range(len(names)), names, rotation=90)
+        ax.set_yticks(range(len(names)), names)
+        for (i, j), count in np.ndenumerate(confusion):
+            if count:
+                color = "white" if count > confusion.max() / 2 else "black"
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color=color)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix (macro-F1 {report['macro_f1']:.4f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -260,8 +260,11 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         params=variables["params"],
         batch_stats=variables["batch_stats"],
         tx=make_optimizer(config, steps_per_epoch, trainable),
-        ema_params=variables["params"] if config.ema_decay else None,
-        ema_batch_stats=variables["batch_stats"] if config.ema_decay else None,
+        # Copies: the state is donated to the train step, and a buffer cannot be donated twice.
+        ema_params=jax.tree.map(jnp.copy, variables["params"]) if config.ema_decay else None,
+        ema_batch_stats=(
+            jax.tree.map(jnp.copy, variables["batch_stats"]) if config.ema_decay else None
+        ),
     )
     meta = {
         "model": config.model,

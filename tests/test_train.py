@@ -214,15 +214,18 @@ def test_sigterm_checkpoints_the_current_step_and_the_same_command_resumes(tmp_p
     import signal
     import time
 
+    # A relative --workdir, as `make demo` passes one.
     args = [
         sys.executable, "-m", "train", "--config", str(REPO / "configs" / "digits.py"),
-        "--workdir", str(tmp_path), "--config.image_size=16", "--config.batch_size=16",
+        "--workdir", "run", "--config.image_size=16", "--config.batch_size=16",
         "--config.num_epochs=1", "--config.log_every_steps=1", "--config.progress_bar=False",
     ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
-        [*args, "--config.max_steps=60"], cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        [*args, "--config.max_steps=60"], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
+    tmp_path = tmp_path / "run"
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.monotonic() + 240
     while not (metrics.exists() and metrics.read_text().count('"train"') >= 2):
@@ -237,8 +240,9 @@ def test_sigterm_checkpoints_the_current_step_and_the_same_command_resumes(tmp_p
     assert (tmp_path / "checkpoints" / str(step)).is_dir()
 
     resumed = subprocess.run(
-        [*args, f"--config.max_steps={step + 2}"], cwd=REPO, capture_output=True, text=True
-    )
+        [*args, f"--config.max_steps={step + 2}"], cwd=tmp_path.parent, capture_output=True,
+        text=True, env=env,
+    )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed from {tmp_path / 'checkpoints'} at step {step}" in resumed.stdout
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == step + 2

@@ -230,7 +230,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
       NonFiniteLoss: the loss became NaN/Inf (no checkpoint of that state is written).
       TrainingInterrupted: SIGTERM/SIGINT; the current step was checkpointed.
     """
-    workdir = Path(workdir)
+    workdir = Path(workdir).absolute()  # orbax refuses relative checkpoint paths
     devices = jax.devices()
     validate(config, len(devices))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         help="a .pth/.pt/.safetensors file, or a torchvision tag (IMAGENET1K_V1, IMAGENET1K_V2, "
         "DEFAULT) looked up in the torch hub cache and downloaded if absent",
     )
-    source.add_argument("--from-jax", metavar="DIR", help="a jaxnets export directory")
+    source.add_argument(
+        "--from-jax", metavar="DIR", help="a jaxnets export directory or a training workdir"
+    )
     convert.add_argument("--out", required=True, help="output directory (or .pth/.safetensors)")
     convert.add_argument("--num-classes", type=int, help="classes of the new model's head")
     convert.add_argument(
@@ -72,13 +74,13 @@ def _convert(args) -> int:
     import jax
 
     from jaxnets.convert import from_torchvision, save_state_dict, to_torchvision
-    from jaxnets.export import load_export, save_export
+    from jaxnets.export import load_variables, save_export
     from jaxnets.pretrained import list_weights, load_pretrained
     from jaxnets.registry import create_model
 
     create_model(args.name)  # an unknown name fails here, with the closest names
     if args.from_jax:
-        variables, meta = load_export(args.from_jax)
+        variables, meta = load_variables(args.from_jax)
         if meta.get("arch") != args.name:
             raise ValueError(f"{args.from_jax} holds {meta.get('arch')}, not {args.name}")
         path = save_state_dict(to_torchvision(args.name, variables), args.out)

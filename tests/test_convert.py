@@ -289,9 +289,10 @@ def test_convert_command_errors_are_one_line_and_write_nothing(tmp_path, capsys,
         (["resnet19", "--weights", "r18.pth"], "unknown model 'resnet19'; closest: resnet18"),
         (["resnet18", "--weights", "r18.pth", "--num-classes", "3"], "--reinit-head"),
         (["resnet18", "--from-jax", "r18.pth"], "not a jaxnets export"),
+        (["resnet18", "--from-jax", "."], "nor a training workdir"),
     ]
     for args, expected in cases:
-        args = [str(tmp_path / a) if a.endswith(".pth") else a for a in args]
+        args = [str(tmp_path / a) if a.endswith(".pth") or a == "." else a for a in args]
         code, _, err = run_cli(capsys, "convert", *args, "--out", str(tmp_path / "new"))
         assert code == 2 and expected in err and err.count("\n") == 1, (args, err)
     code, _, err = run_cli(

@@ -129,6 +129,20 @@ def test_training_lowers_the_loss_and_a_resumed_run_is_bit_identical(tmp_path):
     assert step_a == step_b == 8
     jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
 
+    # The trained weights go back to PyTorch straight from the workdir.
+    import torchvision
+
+    from jaxnets import cli
+
+    out = tmp_path / "trained.pth"
+    assert cli.main(["convert", "resnet18", "--from-jax", str(tmp_path / "full"), "--out",
+                     str(out)]) == 0  # fmt: skip
+    model = torchvision.models.resnet18(num_classes=10)
+    model.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    np.testing.assert_array_equal(
+        model.fc.weight.detach().numpy(), np.asarray(params_a["fc"]["kernel"]).T
+    )
+
 
 def test_non_finite_loss_stops_and_names_the_step(tmp_path):
     from train.train import NonFiniteLoss, train_and_evaluate

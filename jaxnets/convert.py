@@ -277,7 +277,7 @@ def _cached_target_shapes(name, num_classes, model_items, x64) -> dict[FlatKey, 
     variables = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)
     )
-    return dict(_flatten(variables))
+    return dict(flatten_tree(variables))
 
 
 def torch_shapes(name: str, num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
@@ -288,17 +288,19 @@ def torch_shapes(name: str, num_classes: int = 1000) -> dict[str, tuple[int, ...
     }
 
 
-def _flatten(tree: Mapping, prefix: FlatKey = ()) -> list[tuple[FlatKey, Any]]:
+def flatten_tree(tree: Mapping, prefix: FlatKey = ()) -> list[tuple[FlatKey, Any]]:
+    """Nested dicts -> [((key, ..., leaf_key), leaf)]."""
     items = []
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            items.extend(_flatten(value, (*prefix, key)))
+            items.extend(flatten_tree(value, (*prefix, key)))
         else:
             items.append(((*prefix, key), value))
     return items
 
 
-def _unflatten(flat: Mapping[FlatKey, Any]) -> dict:
+def unflatten_tree(flat: Mapping[FlatKey, Any]) -> dict:
+    """The inverse of flatten_tree."""
     tree: dict = {}
     for key, value in flat.items():
         node = tree
@@ -420,7 +422,7 @@ def from_torchvision(
             message += f"; they look like {other} weights"
         raise ConversionError(message, missing, unexpected, mismatched)
 
-    variables = _unflatten(filled)
+    variables = unflatten_tree(filled)
     variables.setdefault("batch_stats", {})
     return jax.device_put(variables)
 
@@ -451,7 +453,9 @@ def to_torchvision(name: str, variables: Mapping[str, Any]) -> dict[str, np.ndar
     Raises:
       ConversionError: the variables are not those of `name` (keys or shapes named).
     """
-    flat = {k: v for k, v in _flatten({c: variables.get(c, {}) for c in ("params", "batch_stats")})}
+    flat = {
+        k: v for k, v in flatten_tree({c: variables.get(c, {}) for c in ("params", "batch_stats")})
+    }
     head_kernel = flat.get(("params", head_module(name), "kernel"))
     num_classes = int(head_kernel.shape[-1]) if head_kernel is not None else 1000
     targets = _target_shapes(name, num_classes)

@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxnets.convert import PathLike, from_torchvision
+from jaxnets.convert import PathLike, flatten_tree, from_torchvision, unflatten_tree
 from jaxnets.registry import create_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -286,10 +286,7 @@ def load_pretrained(
 def _write_cached(path: Path, variables: dict) -> None:
     from safetensors.numpy import save_file
 
-    flat = {
-        "/".join(str(getattr(p, "key", p)) for p in keys): np.asarray(v)
-        for keys, v in jax.tree_util.tree_flatten_with_path(variables)[0]
-    }
+    flat = {"/".join(key): np.asarray(v) for key, v in flatten_tree(variables)}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -304,14 +301,8 @@ def _write_cached(path: Path, variables: dict) -> None:
 def _read_cached(path: Path) -> dict:
     from safetensors.numpy import load_file
 
-    tree: dict = {"params": {}, "batch_stats": {}}
-    for key, value in load_file(path).items():
-        node = tree
-        *parents, leaf = key.split("/")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return jax.device_put(tree)
+    flat = {tuple(key.split("/")): value for key, value in load_file(path).items()}
+    return jax.device_put({"params": {}, "batch_stats": {}, **unflatten_tree(flat)})
 
 
 def clear_cache() -> None:

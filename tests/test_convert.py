@@ -184,19 +184,17 @@ def test_weight_tags_and_errors():
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch, resnet18_state):
+def hub(tmp_path, monkeypatch):
     """A torch hub cache and a 'server' (a file:// URL) holding a random resnet18."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("JAXNETS_CACHE", str(tmp_path / "cache"))
     served = tmp_path / "server" / "resnet18.pth"
     served.parent.mkdir()
-    state = {k: v for k, v in resnet18_state.items()}
     torch.save(torchvision_model("resnet18").state_dict(), served)
     digest = hashlib.sha256(served.read_bytes()).hexdigest()
     weights = pretrained.Weights(
         "resnet18", "TEST", f"resnet18-{digest[:8]}.pth", 1.0, 2.0, url=served.as_uri()
     )
-    del state
     return weights, served
 
 

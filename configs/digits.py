@@ -17,7 +17,8 @@ def get_config():
     config.model = "resnet18"
     config.dataset = "digits"
     config.image_size = 32
-    config.augment = True
+    config.augment = "pad_crop"  # random shifts of up to 2 pixels; no flips for digits
+    config.crop_padding = 2
     config.batch_size = 64
     config.num_epochs = 8
     config.learning_rate = 0.05

@@ -3,7 +3,8 @@
   python -m train --config configs/imagenet_alexnet.py --workdir workdir/alexnet
 
 torchvision: SGD momentum 0.9, lr 0.01 (batch 256), weight decay 1e-4, 90 epochs, lr / 10 every
-30 epochs. Needs the tfds ImageNet pipeline (issue 6, not in this release yet).
+30 epochs. ImageNet must be
+prepared by hand once: see the README (Data).
 """
 
 from train.config import base_config
@@ -14,6 +15,9 @@ def get_config():
     config.model = "alexnet"
     config.dataset = "tfds:imagenet2012"
     config.image_size = 224
+    config.augment = "random_resized_crop"  # + flips; eval: Resize(256) + CenterCrop(224)
+    config.hflip = True
+    config.eval_resize = 256
     config.batch_size = 256
     config.num_epochs = 90
     config.learning_rate = 0.01

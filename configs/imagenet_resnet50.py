@@ -4,8 +4,8 @@
       --config.data_dir=/data/tfds
 
 torchvision: SGD momentum 0.9, lr 0.1 x batch/256, weight decay 1e-4, 90 epochs, lr / 10 every
-30 epochs. --config.schedule=cosine gives the cosine variant. Needs the tfds ImageNet pipeline
-(issue 6, not in this release yet).
+30 epochs. --config.schedule=cosine gives the cosine variant. ImageNet must be
+prepared by hand once: see the README (Data).
 """
 
 from train.config import base_config
@@ -16,6 +16,9 @@ def get_config():
     config.model = "resnet50"
     config.dataset = "tfds:imagenet2012"
     config.image_size = 224
+    config.augment = "random_resized_crop"  # + flips; eval: Resize(256) + CenterCrop(224)
+    config.hflip = True
+    config.eval_resize = 256
     config.batch_size = 1024
     config.eval_batch_size = 1024
     config.num_epochs = 90

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ml_collections
 
 SCHEDULES = ("cosine", "step", "multistep", "constant")
+AUGMENTATIONS = ("none", "pad_crop", "random_resized_crop")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -24,9 +25,27 @@ def base_config() -> ml_collections.ConfigDict:
     c.zero_init_residual = False
 
     c.dataset = "digits"  # digits | tfds:NAME[:VERSION] | folder:PATH (see README)
-    c.data_dir = ""
+    c.data_dir = ""  # TFDS data_dir ('' : TFDS's default, ~/tensorflow_datasets)
+    c.manual_dir = ""  # TFDS manual downloads ('' : DATA_DIR/downloads/manual)
+    c.download = True  # TFDS: download and prepare a dataset that is not prepared yet
     c.image_size = 32
-    c.augment = False  # digits: small random translations
+    # Training augmentation: none | pad_crop (CIFAR: pad, random crop) |
+    # random_resized_crop (ImageNet: torchvision's RandomResizedCrop(scale .08-1, ratio 3/4-4/3)).
+    c.augment = "none"
+    c.crop_padding = 0  # pad_crop's padding; 0: image_size // 8
+    c.hflip = False  # random horizontal flips in training
+    c.color_jitter = 0.0  # ColorJitter brightness = contrast = saturation; 0: off
+    c.eval_resize = 0  # 0: resize eval images to image_size; N: Resize(N) + CenterCrop
+    c.bad_images = "skip"  # folder: skip unreadable files (listed at the end) or 'error'
+    c.data_deterministic = True  # tf.data keeps the order (reproducible, resumable)
+    c.data_threads = 0  # tf.data threads; 0: one per core
+    c.shuffle_buffer = 16_384  # TFDS examples; folders shuffle the whole file list
+
+    # Multi-host: jax.distributed.initialize. Empty/0/-1 fall back to JAX_COORDINATOR_ADDRESS,
+    # JAX_NUM_PROCESSES, JAX_PROCESS_ID or the cluster's auto-detection (TPU pods, SLURM).
+    c.coordinator_address = ""
+    c.num_processes = 0
+    c.process_id = -1
 
     c.batch_size = 64  # global, over all devices
     c.eval_batch_size = 256
@@ -73,6 +92,17 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
             raise ConfigError(f"config.model: {e}") from None
     checks = [
         (config.dtype in DTYPES, "dtype", f"one of {DTYPES}"),
+        (config.augment in AUGMENTATIONS, "augment", f"one of {AUGMENTATIONS}"),
+        (config.bad_images in ("skip", "error"), "bad_images", "'skip' or 'error'"),
+        (0 <= config.color_jitter < 1, "color_jitter", "in [0, 1)"),
+        (config.crop_padding >= 0, "crop_padding", ">= 0"),
+        (
+            config.eval_resize == 0 or config.eval_resize >= config.image_size,
+            "eval_resize",
+            "0 or >= image_size",
+        ),
+        (config.shuffle_buffer > 0, "shuffle_buffer", "> 0"),
+        (config.data_threads >= 0, "data_threads", ">= 0"),
         (config.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}"),
         (config.learning_rate > 0, "learning_rate", "> 0"),
         (config.batch_size > 0, "batch_size", "> 0"),

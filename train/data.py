@@ -1,7 +1,13 @@
 """Training and evaluation data as fixed-shape numpy batches, in a deterministic order.
 
-The order of epoch e is a permutation drawn from (seed, e), and batch b of that epoch is a pure
-function of (seed, e, b): a resumed run reads exactly the batches an uninterrupted one would.
+Every dataset answers the same questions for the training loop: its classes, its image shape,
+how many steps make an epoch, and the batches of one epoch from a given step on. Batch b of
+epoch e is a pure function of (seed, e, b), so a resumed run reads exactly the batches an
+uninterrupted one would.
+
+Each process (one per host in a multi-host run) gets only its own slice of every global batch:
+rows [p * local, (p + 1) * local) for process p. Where the order is a global permutation
+(digits, folders), N processes therefore train on exactly the batches one process would.
 """
 
 from __future__ import annotations
@@ -10,6 +16,42 @@ import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessShard:
+    """Which slice of each global batch this process reads."""
+
+    index: int = 0
+    count: int = 1
+
+    def local_batch(self, global_batch: int) -> int:
+        if global_batch % self.count:
+            raise ValueError(
+                f"batch size {global_batch} is not divisible by the {self.count} processes"
+            )
+        return global_batch // self.count
+
+    def rows(self, positions: np.ndarray, global_batch: int) -> np.ndarray:
+        """This process's share of `positions`, a whole number of global batches."""
+        local = self.local_batch(global_batch)
+        return positions.reshape(-1, self.count, local)[:, self.index].reshape(-1)
+
+
+ProcessShard.SINGLE = ProcessShard()  # the whole batch: one process
+
+
+def padded_batches(images, labels, batch_size: int, num_batches: int):
+    """(images, labels, mask) batches of exactly batch_size, zero-padded and masked at the end,
+    and exactly num_batches of them (every process must run the same number of eval steps)."""
+    for start in range(0, num_batches * batch_size, batch_size):
+        x, y = images[start : start + batch_size], labels[start : start + batch_size]
+        pad = batch_size - len(y)
+        mask = np.arange(batch_size) < len(y)
+        if pad:
+            x = np.concatenate([x, np.zeros((pad, *images.shape[1:]), images.dtype)])
+            y = np.concatenate([y, np.zeros(pad, labels.dtype)])
+        yield x, y, mask
 
 
 @dataclasses.dataclass
@@ -22,6 +64,7 @@ class InMemoryDataset:
       train_images, train_labels, eval_images, eval_labels: the two splits.
       pad_crop: if > 0, training images are randomly shifted by up to this many pixels
         (zero padding and crop) and nothing else: the augmentation for tiny images.
+      shard: this process's slice of each global batch.
     """
 
     name: str
@@ -31,6 +74,10 @@ class InMemoryDataset:
     eval_images: np.ndarray
     eval_labels: np.ndarray
     pad_crop: int = 0
+    shard: ProcessShard = ProcessShard.SINGLE
+    # Batches are already normalized floats: nothing to do on the device.
+    mean = None
+    std = None
 
     @property
     def num_classes(self) -> int:
@@ -40,47 +87,50 @@ class InMemoryDataset:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_images.shape[1:])
 
+    @property
+    def num_train_examples(self) -> int:
+        return len(self.train_labels)
+
     def steps_per_epoch(self, batch_size: int) -> int:
         """Full batches per epoch; the incomplete last batch is dropped (fixed shapes for jit)."""
         return len(self.train_labels) // batch_size
 
-    def train_batch(self, seed: int, epoch: int, index: int, batch_size: int):
-        """Batch `index` of epoch `epoch`: (images, labels)."""
+    def train_batches(self, seed: int, epoch: int, start: int, batch_size: int):
+        """This process's part of batches start, start + 1, ... of the epoch: (images, labels)."""
         order = np.random.default_rng([seed, epoch]).permutation(len(self.train_labels))
-        take = order[index * batch_size : (index + 1) * batch_size]
-        images = self.train_images[take]
-        if self.pad_crop:
-            images = _random_shift(
-                images, self.pad_crop, np.random.default_rng([seed, epoch, index])
-            )
-        return images, self.train_labels[take]
+        for index in range(start, self.steps_per_epoch(batch_size)):
+            take = self.shard.rows(order[index * batch_size : (index + 1) * batch_size], batch_size)
+            images = self.train_images[take]
+            if self.pad_crop:
+                # Drawn for the whole global batch, then sliced: the same on any process count.
+                rng = np.random.default_rng([seed, epoch, index])
+                shifts = rng.integers(0, 2 * self.pad_crop + 1, size=(2, batch_size))
+                shifts = shifts[:, self.shard.rows(np.arange(batch_size), batch_size)]
+                images = _random_shift(images, self.pad_crop, shifts)
+            yield images, self.train_labels[take]
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """All evaluation examples in order, the last batch zero-padded: (images, labels, mask)."""
-        n = len(self.eval_labels)
-        for start in range(0, n, batch_size):
-            images = self.eval_images[start : start + batch_size]
-            labels = self.eval_labels[start : start + batch_size]
-            mask = np.ones(len(labels), bool)
-            pad = batch_size - len(labels)
-            if pad:
-                images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-                labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
-                mask = np.concatenate([mask, np.zeros(pad, bool)])
-            yield images, labels, mask
+        num_batches = -(-len(self.eval_labels) // batch_size)
+        positions = np.arange(num_batches * batch_size)
+        rows = self.shard.rows(positions, batch_size)
+        rows = rows[rows < len(self.eval_labels)]
+        local = self.shard.local_batch(batch_size)
+        return padded_batches(self.eval_images[rows], self.eval_labels[rows], local, num_batches)
 
 
-def _random_shift(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
+def _random_shift(images: np.ndarray, pad: int, shifts: np.ndarray) -> np.ndarray:
     n, h, w, _ = images.shape
     padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
+    dy, dx = shifts
     return np.stack([padded[i, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
 
 
-def load_digits(image_size: int, augment: bool) -> InMemoryDataset:
+def load_digits(image_size: int, pad_crop: int = 0, shard: ProcessShard = ProcessShard.SINGLE):
     """scikit-learn's handwritten digits: 1,797 real 8x8 grayscale scans, shipped with the
     package (no download). A fixed stratified 80/20 split; images upscaled bilinearly to
-    image_size, replicated to 3 channels and normalized with the training split's statistics."""
+    image_size, replicated to 3 channels and normalized with the training split's statistics.
+    pad_crop > 0 shifts training images randomly by up to that many pixels."""
     from PIL import Image
     from sklearn.datasets import load_digits as sklearn_digits
     from sklearn.model_selection import train_test_split
@@ -109,24 +159,43 @@ def load_digits(image_size: int, augment: bool) -> InMemoryDataset:
         train_labels=train_y,
         eval_images=(eval_x - mean) / std,
         eval_labels=eval_y,
-        pad_crop=max(image_size // 16, 1) if augment else 0,
+        pad_crop=pad_crop,
+        shard=shard,
     )
 
 
-def load_dataset(config) -> InMemoryDataset:
-    """The dataset a config names.
+def load_dataset(config, shard: ProcessShard = ProcessShard.SINGLE):
+    """The dataset a config names, reading `shard`'s part of every batch.
 
     Raises:
-      ValueError: an unknown dataset string (one line).
+      ValueError: an unknown dataset string, or a missing, empty or unprepared dataset (one
+        line naming it).
     """
+    kind, _, where = config.dataset.partition(":")
     if config.dataset == "digits":
-        return load_digits(config.image_size, config.augment)
-    kind = config.dataset.split(":", 1)[0]
-    if kind in ("tfds", "folder"):
+        if config.augment not in ("none", "pad_crop"):
+            raise ValueError(f"config.augment={config.augment!r}: digits supports none, pad_crop")
+        padding = (config.crop_padding or config.image_size // 8) if config.augment != "none" else 0
+        return load_digits(config.image_size, padding, shard)
+    if kind not in ("tfds", "folder") or not where:
         raise ValueError(
-            f"config.dataset={config.dataset!r}: the {kind} input pipeline is not part of this "
-            "release yet (see the README's status); use 'digits'"
+            f"config.dataset={config.dataset!r}: unknown; expected digits, tfds:NAME[:VERSION] "
+            "or folder:PATH"
         )
-    raise ValueError(
-        f"config.dataset={config.dataset!r}: unknown; expected digits, tfds:NAME or folder:PATH"
-    )
+    from train import tfdata
+
+    augmentation = tfdata.Augmentation(
+        image_size=config.image_size, train_crop=config.augment,
+        crop_padding=config.crop_padding, hflip=config.hflip,
+        color_jitter=config.color_jitter, eval_resize=config.eval_resize,
+    )  # fmt: skip
+    options = tfdata.PipelineOptions(
+        bad_images=config.bad_images, deterministic=config.data_deterministic,
+        threads=config.data_threads, shuffle_buffer=config.shuffle_buffer,
+    )  # fmt: skip
+    if kind == "folder":
+        return tfdata.FolderDataset(where, augmentation, options, shard)
+    return tfdata.TfdsDataset(
+        where, augmentation, options, shard, data_dir=config.data_dir,
+        manual_dir=config.manual_dir, download=config.download,
+    )  # fmt: skip

@@ -9,6 +9,16 @@ from pathlib import Path
 import numpy as np
 
 
+class NullWriter:
+    """What processes other than the first write: nothing (one copy of each metric)."""
+
+    def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class MetricWriter:
     """Appends {'step', 'split', **scalars} lines to metrics.jsonl and writes TensorBoard
     scalars (tag 'split/name') through tf.summary."""

@@ -1,0 +1,175 @@
+"""Image preprocessing in TensorFlow ops, with torchvision's semantics.
+
+Every random choice uses stateless ops keyed by a per-example seed, so an example's augmentation
+is a pure function of (run seed, epoch, position): the same on every host, with any amount of
+parallelism, before and after a resume.
+
+The images leave as uint8 HWC: a quarter of the float32 bytes to move to the device, where
+`normalize` runs inside the compiled step.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import tensorflow as tf
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def random_resized_crop_window(seed, height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """torchvision's RandomResizedCrop.get_params: up to 10 draws of (area, log-ratio), the
+    first that fits wins; else a centre crop with the ratio clamped. Returns (top, left, h, w)."""
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    area = tf.cast(height * width, tf.float32)
+    target_area = area * tf.random.stateless_uniform([10], seeds[0], scale[0], scale[1])
+    log_ratio = tf.random.stateless_uniform([10], seeds[1], math.log(ratio[0]), math.log(ratio[1]))
+    aspect = tf.exp(log_ratio)
+    # Python's round() is half-to-even, as is tf.round.
+    w = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
+    h = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+
+    def sampled():
+        ch, cw = h[first], w[first]
+        top = tf.random.stateless_uniform([], seeds[2], 0, height - ch + 1, dtype=tf.int32)
+        left = tf.random.stateless_uniform([], seeds[3], 0, width - cw + 1, dtype=tf.int32)
+        return top, left, ch, cw
+
+    def fallback():
+        fw, fh = tf.cast(width, tf.float32), tf.cast(height, tf.float32)
+        in_ratio = fw / fh
+        clamped_w = tf.cast(tf.round(fh * ratio[1]), tf.int32)
+        clamped_h = tf.cast(tf.round(fw / ratio[0]), tf.int32)
+        cw = tf.where(in_ratio > ratio[1], clamped_w, tf.cast(width, tf.int32))
+        ch = tf.where(in_ratio < ratio[0], clamped_h, tf.cast(height, tf.int32))
+        return (height - ch) // 2, (width - cw) // 2, ch, cw
+
+    return tf.cond(tf.reduce_any(fits), sampled, fallback)
+
+
+def decode_random_resized_crop(image_bytes, seed, size: int):
+    """Decodes only the sampled window of a JPEG (decode_and_crop_jpeg), or the whole image
+    for other formats, and resizes the window to size x size (bilinear, antialiased)."""
+
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(image_bytes)
+        top, left, h, w = random_resized_crop_window(seed, shape[0], shape[1])
+        return tf.image.decode_and_crop_jpeg(image_bytes, tf.stack([top, left, h, w]), channels=3)
+
+    def other():
+        image = decode_image(image_bytes)
+        shape = tf.shape(image)
+        top, left, h, w = random_resized_crop_window(seed, shape[0], shape[1])
+        return image[top : top + h, left : left + w]
+
+    crop = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+    return resize(crop, (size, size))
+
+
+def decode_image(image_bytes):
+    """Any JPEG/PNG/GIF/BMP as uint8 HxWx3 (grayscale replicated, alpha dropped)."""
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def resize(image, size):
+    """Bilinear with antialias (torchvision's Resize on PIL images and, since 0.17, tensors),
+    rounded back to uint8."""
+    resized = tf.image.resize(image, size, method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+def resize_to(image, size: int):
+    """size x size, leaving images already of that size untouched (no resampling blur)."""
+    shape = tf.shape(image)
+    same = (shape[0] == size) & (shape[1] == size)
+    image = tf.cond(same, lambda: image, lambda: resize(image, (size, size)))
+    image.set_shape([size, size, 3])
+    return image
+
+
+def resize_shorter_side(image, shorter: int):
+    """torchvision Resize(int): the shorter side becomes `shorter`, the longer one
+    int(shorter * long / short) (truncated, as torchvision computes it)."""
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    short, long = tf.minimum(h, w), tf.maximum(h, w)
+    new_long = tf.cast(
+        tf.cast(shorter, tf.float64) * tf.cast(long, tf.float64) / tf.cast(short, tf.float64),
+        tf.int32,
+    )
+    new_h = tf.where(h <= w, shorter, new_long)
+    new_w = tf.where(h <= w, new_long, shorter)
+    return resize(image, tf.stack([new_h, new_w]))
+
+
+def center_crop(image, size: int):
+    """torchvision CenterCrop: offsets int(round((dim - size) / 2)); images smaller than the
+    crop are zero-padded first, as torchvision does."""
+    shape = tf.shape(image)
+    pad_h, pad_w = tf.maximum(size - shape[0], 0), tf.maximum(size - shape[1], 0)
+    padding = [[pad_h // 2, pad_h - pad_h // 2], [pad_w // 2, pad_w - pad_w // 2], [0, 0]]
+    image = tf.pad(image, padding)
+    shape = tf.shape(image)
+    top = tf.cast(tf.round(tf.cast(shape[0] - size, tf.float32) / 2), tf.int32)
+    left = tf.cast(tf.round(tf.cast(shape[1] - size, tf.float32) / 2), tf.int32)
+    return image[top : top + size, left : left + size]
+
+
+def pad_and_random_crop(image, seed, size: int, padding: int):
+    """CIFAR-style: resize to size (if needed), zero-pad by `padding`, crop size x size."""
+    image = resize_to(image, size)
+    padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
+    offsets = tf.random.stateless_uniform([2], seed, 0, 2 * padding + 1, dtype=tf.int32)
+    return padded[offsets[0] : offsets[0] + size, offsets[1] : offsets[1] + size]
+
+
+def random_flip(image, seed):
+    """Horizontal flip with probability 1/2."""
+    flip = tf.random.stateless_uniform([], seed) < 0.5
+    return tf.cond(flip, lambda: image[:, ::-1], lambda: image)
+
+
+def color_jitter(image, seed, strength: float):
+    """torchvision ColorJitter(brightness=s, contrast=s, saturation=s) on uint8 tensors: factors
+    uniform in [1 - s, 1 + s], applied in a random order, each result clipped to [0, 255] and
+    truncated to integers as torchvision's uint8 arithmetic does."""
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    factors = tf.random.stateless_uniform([3], seeds[0], 1 - strength, 1 + strength)
+    order = tf.argsort(tf.random.stateless_uniform([3], seeds[1]))
+    image = tf.cast(image, tf.float32)
+    adjust = [
+        functools.partial(adjust_brightness, factor=factors[0]),
+        functools.partial(adjust_contrast, factor=factors[1]),
+        functools.partial(adjust_saturation, factor=factors[2]),
+    ]
+    for i in range(3):
+        image = tf.switch_case(order[i], [functools.partial(f, image) for f in adjust])
+    return tf.cast(image, tf.uint8)
+
+
+def _grayscale(image):
+    # torchvision's rgb_to_grayscale weights (ITU-R 601-2 luma), truncated to uint8 values.
+    return tf.floor(image[..., :1] * 0.2989 + image[..., 1:2] * 0.587 + image[..., 2:3] * 0.114)
+
+
+def _blend(image, other, factor):
+    return tf.floor(tf.clip_by_value(factor * image + (1 - factor) * other, 0.0, 255.0))
+
+
+def adjust_brightness(image, factor):
+    return _blend(image, tf.zeros_like(image), factor)
+
+
+def adjust_contrast(image, factor):
+    mean = tf.reduce_mean(_grayscale(image))
+    return _blend(image, mean, factor)
+
+
+def adjust_saturation(image, factor):
+    return _blend(image, _grayscale(image), factor)

@@ -2,6 +2,9 @@
 order segfaults with the pinned versions (shared/PORTING.md)."""
 
 import os
+import shutil
+import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -76,3 +79,55 @@ def highest_precision():
 
 
 ALL_MODELS = jaxnets.list_models()
+
+
+# Data for the input-pipeline and training tests.
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from make_image_folder import make_image_folder  # noqa: E402
+
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                 "truck"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """4 classes x (8 train + 3 val) real JPEG photographs of ImageNet-like sizes."""
+    return make_image_folder(tmp_path_factory.mktemp("photos"), 4, 8, 3)
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir(tmp_path_factory):
+    """A 'cifar10' in TFDS's own on-disk format (TFRecords + dataset_info.json), written with
+    CIFAR-10's real features and read back through TFDS's registered Cifar10 builder: 40 train
+    and 10 test random images, as no download is possible here."""
+    import tensorflow_datasets as tfds
+
+    data_dir = tmp_path_factory.mktemp("tfds")
+    rng = np.random.default_rng(0)
+    features = tfds.features.FeaturesDict({
+        "id": tfds.features.Text(),
+        "image": tfds.features.Image(shape=(32, 32, 3)),
+        "label": tfds.features.ClassLabel(names=CIFAR_CLASSES),
+    })  # fmt: skip
+
+    def split(n):
+        return [(i, {"id": f"{i}", "image": rng.integers(0, 256, (32, 32, 3), np.uint8),
+                     "label": i % 10}) for i in range(n)]  # fmt: skip
+
+    version = str(tfds.builder("cifar10").version)
+    tfds.dataset_builders.store_as_tfds_dataset(
+        "cifar10", version, features, {"train": split(40), "test": split(10)}, data_dir=data_dir
+    )
+    return data_dir
+
+
+@pytest.fixture
+def broken_folder(image_folder, tmp_path):
+    root = tmp_path / "broken"
+    shutil.copytree(image_folder, root)
+    (root / "train" / "class_01" / "zz_corrupt.jpg").write_bytes(b"\xff\xd8 this is no JPEG")
+    (root / "train" / "class_02" / "notes.txt").write_text("not an image")
+    truncated = (root / "val" / "class_00" / "0000.jpg").read_bytes()
+    (root / "val" / "class_00" / "zz_truncated.jpg").write_bytes(truncated[: len(truncated) // 3])
+    return root

@@ -34,7 +34,7 @@ def tiny_config(**overrides):
     config.update(
         {"image_size": 16, "batch_size": 16, "eval_batch_size": 64, "num_epochs": 1,
          "max_steps": 6, "checkpoint_every_steps": 3, "log_every_steps": 1,
-         "progress_bar": False, "augment": False, "warmup_epochs": 0.0, **overrides}
+         "progress_bar": False, "augment": "none", "warmup_epochs": 0.0, **overrides}
     )  # fmt: skip
     return config
 
@@ -187,7 +187,7 @@ def test_four_devices_match_one_device_on_the_same_global_batch(tmp_path):
         "--workdir", str(tmp_path / "four"), "--config.image_size=16", "--config.batch_size=16",
         "--config.eval_batch_size=64", "--config.num_epochs=1", "--config.max_steps=3",
         "--config.checkpoint_every_steps=1", "--config.log_every_steps=1",
-        "--config.progress_bar=False", "--config.augment=False", "--config.warmup_epochs=0",
+        "--config.progress_bar=False", "--config.augment=none", "--config.warmup_epochs=0",
         env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -278,3 +278,96 @@ def test_ema_and_bfloat16_training(tmp_path):
     kernel, ema_kernel = params["fc"]["kernel"], ema["fc"]["kernel"]
     assert not np.allclose(kernel, ema_kernel)
     assert np.isfinite(ema_kernel).all()
+
+
+def test_cifar10_config_trains_on_tfds_and_keeps_class_names(cifar10_dir, tmp_path):
+    import orbax.checkpoint as ocp
+    from conftest import CIFAR_CLASSES
+
+    from train.train import train_and_evaluate
+
+    config = load_config(REPO / "configs" / "cifar10_resnet18.py")
+    config.update({"data_dir": str(cifar10_dir), "image_size": 32, "batch_size": 8,
+                   "eval_batch_size": 8, "max_steps": 3, "progress_bar": False,
+                   "warmup_epochs": 0.0, "log_every_steps": 1})  # fmt: skip
+    summary = train_and_evaluate(config, tmp_path)
+    assert summary["steps"] == 3 and summary["dataset"] == "tfds:cifar10"
+    assert np.isfinite(summary["loss"])
+    with ocp.CheckpointManager(tmp_path / "checkpoints") as manager:
+        meta = manager.restore(3, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    assert meta["class_names"] == CIFAR_CLASSES
+    report = json.loads((tmp_path / "confusion_matrix.json").read_text())
+    assert sum(map(sum, report["confusion_matrix"])) == 10  # every test image, once
+
+
+def test_training_on_a_broken_folder_skips_and_lists_files(broken_folder, tmp_path):
+    folder_args = [f"--config.dataset=folder:{broken_folder}", "--config.image_size=16",
+                   "--config.batch_size=8", "--config.eval_batch_size=8",
+                   "--config.num_epochs=1", "--config.progress_bar=False",
+                   "--config.augment=random_resized_crop", "--config.eval_resize=18"]  # fmt: skip
+    result = run_train("--workdir", str(tmp_path / "skip"), *folder_args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    listing = tmp_path / "skip" / "skipped_files.0.txt"
+    assert f"listed in {listing}" in result.stdout
+    listed = listing.read_text()
+    assert "zz_truncated.jpg" in listed and "notes.txt" in listed
+    summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
+    assert summary["skipped_files"] >= 2
+
+    result = run_train("--workdir", str(tmp_path / "missing"), *folder_args[1:],
+                       f"--config.dataset=folder:{tmp_path / 'nowhere'}")  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"train: error: {tmp_path / 'nowhere'}: no such directory"
+    )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one_and_resume(tmp_path):
+    """Two processes (one CPU device each, gloo collectives) against one process with two
+    devices, on the same global batches: the same parameters. The two-process run stops after
+    step 2 and resumes; checkpoints and reports are written once."""
+    common = ["--config.image_size=16", "--config.batch_size=16", "--config.eval_batch_size=64",
+              "--config.num_epochs=1", "--config.checkpoint_every_steps=2",
+              "--config.log_every_steps=1", "--config.progress_bar=False",
+              "--config.augment=pad_crop", "--config.learning_rate=0.01",
+              "--config.warmup_epochs=0"]  # fmt: skip
+    one = run_train(
+        "--workdir", str(tmp_path / "one"), *common, "--config.max_steps=4",
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"},
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr[-2000:]
+
+    def two_processes(max_steps):
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_PROCESSES": "2",
+               "JAX_COORDINATOR_ADDRESS": f"localhost:{free_port()}"}  # fmt: skip
+        command = [sys.executable, "-m", "train", "--config", str(REPO / "configs" / "digits.py"),
+                   "--workdir", str(tmp_path / "two"), *common,
+                   f"--config.max_steps={max_steps}"]  # fmt: skip
+        processes = [
+            subprocess.Popen(command, cwd=REPO, env={**env, "JAX_PROCESS_ID": str(i)},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(2)
+        ]  # fmt: skip
+        outputs = [p.communicate(timeout=300) for p in processes]
+        for p, (_, stderr) in zip(processes, outputs, strict=True):
+            assert p.returncode == 0, stderr[-2000:]
+        return outputs
+
+    two_processes(max_steps=2)
+    outputs = two_processes(max_steps=4)
+    assert "resumed from" in outputs[0][0] and "at step 2" in outputs[0][0]
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["2", "4"]
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["devices"] == 2 and summary["steps"] == 4
+    _, params_one = final_params(tmp_path / "one")
+    _, params_two = final_params(tmp_path / "two")
+    for a, b in zip(jax.tree.leaves(params_one), jax.tree.leaves(params_two), strict=True):
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()

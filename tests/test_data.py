@@ -1,0 +1,261 @@
+"""The input pipelines: torchvision-equivalent preprocessing, image folders (including broken
+ones), TFDS datasets in TFDS's on-disk format, deterministic order, resume and process shards."""
+
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf  # conftest has imported torchvision first (PORTING.md)
+import torch
+import torchvision.transforms.v2 as T
+import torchvision.transforms.v2.functional as TF
+from conftest import CIFAR_CLASSES
+from PIL import Image
+
+from train import data, preprocess, tfdata
+from train.config import base_config
+from train.data import ProcessShard
+
+
+def config_for(dataset, **overrides):
+    config = base_config().unlock()
+    config.dataset = dataset
+    config.update(overrides)
+    return config
+
+
+def take_all(iterator):
+    return [tuple(np.copy(a) for a in batch) for batch in iterator]
+
+
+# ----------------------------------------------------------------------------------------------
+# Preprocessing against torchvision.
+
+
+def test_random_resized_crop_draws_like_torchvision():
+    height, width, n = 375, 500, 3000
+    windows = np.stack([
+        np.array([int(v) for v in preprocess.random_resized_crop_window(
+            tf.constant([7, i], tf.int64), height, width)])
+        for i in range(n)
+    ])  # fmt: skip
+    torch.manual_seed(0)
+    image = torch.zeros(3, height, width)
+    reference = np.array(
+        [T.RandomResizedCrop.get_params(image, (0.08, 1.0), (3 / 4, 4 / 3)) for _ in range(n)]
+    )
+    for boxes in (windows, reference):
+        top, left, h, w = boxes.T
+        assert (top >= 0).all() and (left >= 0).all()
+        assert (top + h <= height).all() and (left + w <= width).all()
+    area = lambda b: b[:, 2] * b[:, 3] / (height * width)
+    log_ratio = lambda b: np.log(b[:, 3] / b[:, 2])
+    for statistic in (area, log_ratio):
+        ours, theirs = statistic(windows), statistic(reference)
+        assert np.quantile(ours, [0.1, 0.5, 0.9]) == pytest.approx(
+            np.quantile(theirs, [0.1, 0.5, 0.9]), abs=0.04
+        )
+    # No draw fits a 10x1000 strip: torchvision's fallback, a centre crop with the ratio clamped.
+    strip = torch.zeros(3, 10, 1000)
+    expected = T.RandomResizedCrop.get_params(strip, (0.08, 1.0), (3 / 4, 4 / 3))
+    got = preprocess.random_resized_crop_window(tf.constant([0, 0], tf.int64), 10, 1000)
+    assert tuple(int(v) for v in got) == tuple(expected)
+
+
+def test_eval_resize_and_center_crop_match_torchvision(image_folder):
+    """Resize(256, antialias) + CenterCrop(224) on the same decoded pixels: torchvision on a
+    uint8 tensor vs our TF ops. The residual is rounding inside the two resamplers."""
+    augmentation = tfdata.Augmentation(image_size=224, eval_resize=256)
+    reference = T.Compose([T.Resize(256, antialias=True), T.CenterCrop(224)])
+    for path in sorted((image_folder / "val").rglob("*.jpg"))[:4]:
+        image_bytes = path.read_bytes()
+        decoded = preprocess.decode_image(image_bytes).numpy()
+        # libjpeg builds differ in chroma upsampling by a grey level or two: compare resizes
+        # on the same decoded pixels.
+        pil = np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+        assert np.abs(decoded - pil).mean() < 1.0
+        ours = augmentation.eval(tf.constant(image_bytes)).numpy().astype(np.int16)
+        theirs = reference(torch.from_numpy(decoded).permute(2, 0, 1)).permute(1, 2, 0).numpy()
+        diff = np.abs(ours - theirs.astype(np.int16))
+        assert ours.shape == (224, 224, 3)
+        assert diff.mean() < 0.3 and diff.max() <= 1, (diff.mean(), diff.max())
+
+
+def test_resize_shorter_side_sizes_like_torchvision():
+    for h, w in [(375, 500), (500, 375), (333, 999), (256, 256), (100, 257)]:
+        image = tf.zeros((h, w, 3), tf.uint8)
+        got = tuple(preprocess.resize_shorter_side(image, 256).shape[:2])
+        assert got == tuple(TF.resize(torch.zeros(3, h, w), [256]).shape[1:]), (h, w)
+    small = preprocess.center_crop(tf.ones((100, 150, 3), tf.uint8), 224)
+    expected = TF.center_crop(torch.ones(3, 100, 150, dtype=torch.uint8), [224])
+    assert np.array_equal(small.numpy(), expected.permute(1, 2, 0).numpy())
+
+
+@pytest.mark.parametrize("name", ["brightness", "contrast", "saturation"])
+def test_color_adjustments_match_torchvision_uint8(image_folder, name):
+    path = next((image_folder / "train").rglob("*.jpg"))
+    image = np.array(Image.open(path).convert("RGB"))[:64, :64]
+    ours_fn = getattr(preprocess, f"adjust_{name}")
+    theirs_fn = getattr(TF, f"adjust_{name}")
+    for factor in (0.6, 1.4):
+        ours = ours_fn(tf.constant(image, tf.float32), factor).numpy()
+        theirs = theirs_fn(torch.from_numpy(image).permute(2, 0, 1), factor).permute(1, 2, 0)
+        assert np.abs(ours - theirs.numpy()).max() <= 1
+
+
+def test_training_augmentations_are_pure_functions_of_the_seed(image_folder):
+    image_bytes = tf.constant(next((image_folder / "train").rglob("*.jpg")).read_bytes())
+    for crop, extra in [("random_resized_crop", {}), ("pad_crop", {}), ("none", {})]:
+        augmentation = tfdata.Augmentation(
+            image_size=48, train_crop=crop, hflip=True, color_jitter=0.4, **extra
+        )
+        seed = tf.constant([3, 5], tf.int64)
+        first = augmentation.train(image_bytes, seed).numpy()
+        assert first.shape == (48, 48, 3) and first.dtype == np.uint8
+        assert np.array_equal(first, augmentation.train(image_bytes, seed).numpy())
+        if crop != "none":
+            other = augmentation.train(image_bytes, tf.constant([3, 6], tf.int64)).numpy()
+            assert not np.array_equal(first, other)
+
+
+# ----------------------------------------------------------------------------------------------
+# Image folders.
+
+
+def folder_config(root, **overrides):
+    return config_for(f"folder:{root}", image_size=32, augment="random_resized_crop",
+                      hflip=True, eval_resize=36, **overrides)  # fmt: skip
+
+
+def test_folder_order_is_deterministic_resumable_and_sharded(image_folder):
+    dataset = data.load_dataset(folder_config(image_folder))
+    assert dataset.class_names == ["class_00", "class_01", "class_02", "class_03"]
+    assert dataset.num_train_examples == 32 and dataset.steps_per_epoch(8) == 4
+    epoch0 = take_all(dataset.train_batches(seed=0, epoch=0, start=0, batch_size=8))
+    assert len(epoch0) == 4
+    images = epoch0[0][0]
+    assert images.shape == (8, 32, 32, 3) and images.dtype == np.uint8
+    assert sorted(np.concatenate([b[1] for b in epoch0]).tolist()) == sorted([0, 1, 2, 3] * 8)
+    again = take_all(dataset.train_batches(seed=0, epoch=0, start=0, batch_size=8))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(epoch0, again, strict=True))
+    resumed = take_all(dataset.train_batches(seed=0, epoch=0, start=2, batch_size=8))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(epoch0[2:], resumed, strict=True))
+    epoch1 = take_all(dataset.train_batches(seed=0, epoch=1, start=0, batch_size=8))
+    assert not np.array_equal(epoch0[0][0], epoch1[0][0])
+    # Two processes read disjoint halves of each global batch, which together are the batch.
+    halves = [
+        take_all(data.load_dataset(folder_config(image_folder), ProcessShard(p, 2))
+                 .train_batches(seed=0, epoch=0, start=0, batch_size=8))
+        for p in (0, 1)
+    ]  # fmt: skip
+    for whole, first, second in zip(epoch0, *halves, strict=True):
+        assert np.array_equal(whole[0], np.concatenate([first[0], second[0]]))
+        assert np.array_equal(whole[1], np.concatenate([first[1], second[1]]))
+
+
+def test_folder_eval_batches_are_padded_and_equal_across_processes(image_folder):
+    dataset = data.load_dataset(folder_config(image_folder))
+    batches = take_all(dataset.eval_batches(5))
+    assert len(batches) == 3 and [int(m.sum()) for *_, m in batches] == [5, 5, 2]
+    labels = np.concatenate([y[m] for _, y, m in batches])
+    assert labels.tolist() == sorted([0, 1, 2, 3] * 3)
+    shards = [
+        take_all(data.load_dataset(folder_config(image_folder), ProcessShard(p, 2))
+                 .eval_batches(6))
+        for p in (0, 1)
+    ]  # fmt: skip
+    assert len(shards[0]) == len(shards[1]) == 2  # every process runs the same eval steps
+    whole = take_all(dataset.eval_batches(6))
+    for i in range(2):
+        assert np.array_equal(whole[i][0], np.concatenate([shards[0][i][0], shards[1][i][0]]))
+
+
+def test_unreadable_files_are_skipped_and_reported_by_path(broken_folder):
+    dataset = data.load_dataset(folder_config(broken_folder))
+    assert dataset.num_train_examples == 33  # the corrupt .jpg is listed, the .txt is not
+    epoch = take_all(dataset.train_batches(seed=0, epoch=0, start=0, batch_size=8))
+    assert len(epoch) == 4 and all(len(labels) == 8 for _, labels in epoch)  # refilled
+    evaluated = take_all(dataset.eval_batches(8))
+    assert sum(int(m.sum()) for *_, m in evaluated) == 12  # 13 files, the truncated one dropped
+    skipped = dataset.skipped
+    assert str(broken_folder / "train" / "class_02" / "notes.txt") in skipped
+    assert str(broken_folder / "val" / "class_00" / "zz_truncated.jpg") in skipped
+    corrupt = str(broken_folder / "train" / "class_01" / "zz_corrupt.jpg")
+    if corrupt not in skipped:  # the epoch's 32 of 33 files may not have reached it
+        take_all(dataset.train_batches(seed=0, epoch=1, start=0, batch_size=8))
+        take_all(dataset.train_batches(seed=0, epoch=2, start=0, batch_size=8))
+    assert corrupt in skipped
+
+
+def test_unreadable_file_stops_the_run_by_path_in_error_mode(broken_folder):
+    dataset = data.load_dataset(folder_config(broken_folder, bad_images="error"))
+    with pytest.raises(tfdata.DataError, match=r"unreadable image .*zz_truncated\.jpg") as error:
+        take_all(dataset.eval_batches(8))
+    assert "\n" not in str(error.value)
+
+
+def test_folder_layout_errors_are_one_line(image_folder, tmp_path):
+    def error_of(root):
+        with pytest.raises(tfdata.DataError) as error:
+            data.load_dataset(folder_config(root))
+        assert "\n" not in str(error.value)
+        return str(error.value)
+
+    assert "no such directory" in error_of(tmp_path / "missing")
+    (tmp_path / "flat" / "train").mkdir(parents=True)
+    assert "no val/ subfolder" in error_of(tmp_path / "flat")
+    (tmp_path / "flat" / "val").mkdir()
+    assert "no class subfolders" in error_of(tmp_path / "flat")
+    empty = tmp_path / "empty"
+    shutil.copytree(image_folder, empty)
+    (empty / "train" / "class_99").mkdir()
+    assert "class_99: class folder holds no images" in error_of(empty)
+    with pytest.raises(ValueError, match="unknown; expected digits, tfds:NAME"):
+        data.load_dataset(config_for("imagenet"))
+
+
+# ----------------------------------------------------------------------------------------------
+# TFDS.
+
+
+def cifar_config(data_dir, **overrides):
+    return config_for("tfds:cifar10", data_dir=str(data_dir), image_size=32, augment="pad_crop",
+                      hflip=True, **overrides)  # fmt: skip
+
+
+def test_tfds_dataset_reads_trains_resumes_and_shards(cifar10_dir):
+    dataset = data.load_dataset(cifar_config(cifar10_dir))
+    assert dataset.class_names == CIFAR_CLASSES and dataset.eval_split == "test"
+    assert dataset.num_train_examples == 40 and dataset.steps_per_epoch(8) == 5
+    epoch = take_all(dataset.train_batches(seed=0, epoch=0, start=0, batch_size=8))
+    assert len(epoch) == 5 and epoch[0][0].shape == (8, 32, 32, 3)
+    assert sorted(np.concatenate([y for _, y in epoch]).tolist()) == sorted(list(range(10)) * 4)
+    resumed = take_all(dataset.train_batches(seed=0, epoch=0, start=3, batch_size=8))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(epoch[3:], resumed, strict=True))
+    other_epoch = take_all(dataset.train_batches(seed=0, epoch=1, start=0, batch_size=8))
+    assert not np.array_equal(epoch[0][1], other_epoch[0][1])
+    evaluated = take_all(dataset.eval_batches(4))
+    assert [int(m.sum()) for *_, m in evaluated] == [4, 4, 2]
+    # Two processes: disjoint halves of the train split, all of the test split between them.
+    shards = [data.load_dataset(cifar_config(cifar10_dir), ProcessShard(p, 2)) for p in (0, 1)]
+    train_labels = [np.concatenate([y for _, y in s.train_batches(0, 0, 0, 8)]) for s in shards]
+    assert all(len(y) == 20 for y in train_labels)
+    evals = [take_all(s.eval_batches(4)) for s in shards]
+    assert len(evals[0]) == len(evals[1]) == 3
+    assert sum(int(m.sum()) for e in evals for *_, m in e) == 10
+
+
+def test_tfds_errors_say_what_to_do(tmp_path):
+    def error_of(config):
+        with pytest.raises(tfdata.DataError) as error:
+            data.load_dataset(config)
+        assert "\n" not in str(error.value)
+        return str(error.value)
+
+    message = error_of(config_for("tfds:imagenet2012", data_dir=str(tmp_path)))
+    assert "ILSVRC2012_img_train.tar" in message
+    assert str(tmp_path / "downloads" / "manual") in message
+    assert "not prepared" in error_of(config_for("tfds:mnist", data_dir=str(tmp_path),
+                                                 download=False))  # fmt: skip
+    assert "nosuchset" in error_of(config_for("tfds:nosuchset"))
+    assert "9.9.9" in error_of(config_for("tfds:mnist:9.9.9", data_dir=str(tmp_path)))

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench-convert clean
+.PHONY: demo test lint bench-convert bench-input clean
 
 # Stamps record what is installed, so a second run skips pip; editing pyproject.toml reinstalls.
 $(VENV)/.base: pyproject.toml
@@ -28,6 +28,9 @@ test: $(VENV)/.test
 
 bench-convert: $(VENV)/.test
 	$(BIN)/python scripts/bench_convert.py
+
+bench-input: $(VENV)/.base
+	$(BIN)/python scripts/bench_input.py
 
 clean:
 	rm -rf $(VENV) workdir

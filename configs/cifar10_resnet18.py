@@ -2,9 +2,9 @@
 
   python -m train --config configs/cifar10_resnet18.py --workdir workdir/cifar10
 
-TFDS downloads and prepares CIFAR-10 (170 MB) on first use into --config.data_dir. torchvision's ImageNet stem
-downsamples 32x32 images 4x early, so expect ~93% top-1 after 90 epochs at 64x64 input, not the
-95% of CIFAR-specific ResNets.
+TFDS downloads and prepares CIFAR-10 (170 MB) on first use into --config.data_dir.
+torchvision's ImageNet stem downsamples 32x32 images 4x early, so expect ~93% top-1 after 90
+epochs at 64x64 input, not the 95% of CIFAR-specific ResNets.
 """
 
 from train.config import base_config

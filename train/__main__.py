@@ -27,6 +27,10 @@ def main(argv):
     except (ValueError, FileNotFoundError, NonFiniteLoss) as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 2
+    import jax
+
+    if jax.process_index() != 0:
+        return 0  # process 0 reports for all
     print(
         f"done: top1 {summary['top1']:.4f} top5 {summary['top5']:.4f} loss {summary['loss']:.4f} "
         f"macro-F1 {summary['macro_f1']:.4f} | {summary['steps']} steps, "

@@ -161,7 +161,9 @@ class _TfDataset:
                     seen = batch["position"]
                     lost = np.setdiff1d(np.arange(expected, seen.max() + 1), seen)
                     for position in lost:
-                        self.skipped.setdefault(str(paths[position]), "dropped")
+                        self.skipped.setdefault(
+                            str(paths[position]), "cannot be decoded as an image"
+                        )
                     expected = seen.max() + 1
                 if not buffer and len(batch["label"]) == batch_size:
                     yield batch  # the common case: no copy

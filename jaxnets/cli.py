@@ -46,11 +46,73 @@ def main(argv: list[str] | None = None) -> int:
     )
     convert.set_defaults(run=_convert)
 
+    evaluate = commands.add_parser(
+        "eval",
+        help="top-1/top-5 of weights on a dataset, optionally against torchvision",
+        description="jaxnets eval NAME --weights FILE|DIR|TAG --data folder:PATH|tfds:NAME",
+    )
+    evaluate.add_argument("name", help="architecture, e.g. resnet50")
+    evaluate.add_argument(
+        "--weights", required=True,
+        help="a torchvision .pth/.safetensors file or tag, a jaxnets export or a training workdir",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--data", required=True,
+        help="folder:PATH (PATH/val or PATH with class folders) or tfds:NAME (validation split)",
+    )  # fmt: skip
+    evaluate.add_argument("--data-dir", default="", help="TFDS data_dir")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--resize", type=int, help="override the weights' resize (0: none)")
+    evaluate.add_argument("--crop", type=int, help="override the weights' center crop")
+    evaluate.add_argument("--limit", type=int, default=0, help="evaluate the first N images")
+    evaluate.add_argument(
+        "--compare-torch", action="store_true",
+        help="also run torchvision on the same batches: agreement and logit differences",
+    )  # fmt: skip
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(run=_eval)
+
+    parity = commands.add_parser("parity", help="cross-framework parity runs")
+    parity_kinds = parity.add_subparsers(dest="kind", required=True)
+    parity_train = parity_kinds.add_parser(
+        "train",
+        help="the same SGD run in PyTorch and JAX: per-step losses",
+        description="jaxnets parity train NAME --steps N --data SPEC",
+    )
+    parity_train.add_argument("name", help="architecture, e.g. resnet18")
+    parity_train.add_argument("--steps", type=int, default=50)
+    parity_train.add_argument("--data", default="digits", help="digits, folder:PATH, tfds:NAME")
+    parity_train.add_argument("--data-dir", default="", help="TFDS data_dir")
+    parity_train.add_argument("--batch-size", type=int, default=64)
+    parity_train.add_argument("--image-size", type=int, default=32)
+    parity_train.add_argument("--lr", type=float, default=0.01)
+    parity_train.add_argument("--momentum", type=float, default=0.9)
+    parity_train.add_argument("--nesterov", action="store_true")
+    parity_train.add_argument("--weight-decay", type=float, default=5e-4)
+    parity_train.add_argument(
+        "--schedule", default="cosine", choices=["cosine", "constant", "step", "multistep"]
+    )
+    parity_train.add_argument("--seed", type=int, default=0)
+    parity_train.add_argument(
+        "--eval", action="store_true", help="compare test accuracies after training"
+    )
+    parity_train.add_argument(
+        "--float64", action="store_true",
+        help="run both frameworks in float64 (separates semantics from float32 rounding)",
+    )  # fmt: skip
+    parity_train.add_argument(
+        "--noise-floor", action="store_true",
+        help="also train torch from weights 1 ulp away: its own drift under float rounding",
+    )  # fmt: skip
+    parity_train.add_argument("--json", action="store_true", help="print one JSON object")
+    parity_train.set_defaults(run=_parity_train)
+
     args = parser.parse_args(argv)
     try:
         return args.run(args)
     except USER_ERRORS as e:
-        print(f"jaxnets {args.command}: error: {e}", file=sys.stderr)
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"jaxnets {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 
@@ -102,6 +164,39 @@ def _convert(args) -> int:
     count = sum(math.prod(v.shape) for v in jax.tree.leaves(variables["params"]))
     out = save_export(args.out, variables, meta)
     print(f"wrote {out} ({args.name}, {meta['num_classes']} classes, {count:,} parameters)")
+    return 0
+
+
+def _eval(args) -> int:
+    from jaxnets.registry import create_model
+    from train.evaluate import evaluate, format_report
+
+    create_model(args.name)  # an unknown name fails here, with the closest names
+    result = evaluate(
+        args.name, args.weights, args.data, batch_size=args.batch_size, resize=args.resize,
+        crop=args.crop, compare_torch=args.compare_torch, limit=args.limit,
+        data_dir=args.data_dir,
+    )  # fmt: skip
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
+def _parity_train(args) -> int:
+    from jaxnets.registry import create_model
+    from train.parity import ParitySettings, format_report, run
+
+    create_model(args.name)
+    if args.steps < 1:
+        raise ValueError(f"--steps {args.steps}: expected >= 1")
+    settings = ParitySettings(
+        steps=args.steps, data=args.data, batch_size=args.batch_size,
+        image_size=args.image_size, learning_rate=args.lr, momentum=args.momentum,
+        nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
+        seed=args.seed, evaluate=args.eval, data_dir=args.data_dir, float64=args.float64,
+        noise_floor=args.noise_floor,
+    )  # fmt: skip
+    result = run(args.name, settings)
+    print(json.dumps(result) if args.json else format_report(result))
     return 0
 
 

@@ -199,3 +199,17 @@ def load_dataset(config, shard: ProcessShard = ProcessShard.SINGLE):
         where, augmentation, options, shard, data_dir=config.data_dir,
         manual_dir=config.manual_dir, download=config.download,
     )  # fmt: skip
+
+
+def load_eval_dataset(spec: str, augmentation, *, data_dir: str = ""):
+    """The evaluation split alone of 'folder:PATH' (PATH/val, or PATH itself when it holds the
+    class folders) or 'tfds:NAME' (validation, else test), for `jaxnets eval`."""
+    from train import tfdata
+
+    kind, _, where = spec.partition(":")
+    options = tfdata.PipelineOptions(bad_images="skip")
+    if kind == "folder" and where:
+        return tfdata.FolderDataset(where, augmentation, options, eval_only=True)
+    if kind == "tfds" and where:
+        return tfdata.TfdsDataset(where, augmentation, options, data_dir=data_dir, eval_only=True)
+    raise ValueError(f"--data {spec!r}: expected folder:PATH or tfds:NAME[:VERSION]")

@@ -258,13 +258,21 @@ class FolderDataset(_TfDataset):
     processes read exactly the global batches one process would.
     """
 
-    def __init__(self, root, augmentation, options, shard=ProcessShard.SINGLE):
+    def __init__(self, root, augmentation, options, shard=ProcessShard.SINGLE, eval_only=False):
         super().__init__()
         root = Path(root)
         self.name = f"folder:{root}"
         self.augmentation, self.options, self.shard = augmentation, options, shard
         if not root.is_dir():
             raise DataError(f"{root}: no such directory")
+        if eval_only:  # root/val, or root itself when it holds the class folders
+            eval_root = root / "val" if (root / "val").is_dir() else root
+            self.class_names, self.eval_paths, self.eval_labels, ignored = scan_image_folder(
+                eval_root
+            )
+            self.train_paths, self.train_labels = np.array([], str), np.array([], np.int32)
+            self.skipped.update(dict.fromkeys(ignored, "not an image file extension"))
+            return
         for split in ("train", "val"):
             if not (root / split).is_dir():
                 raise DataError(f"{root}: no {split}/ subfolder (expected {root}/{split}/CLASS/*)")
@@ -371,7 +379,7 @@ class TfdsDataset(_TfDataset):
     """
 
     def __init__(self, spec, augmentation, options, shard=ProcessShard.SINGLE, *, data_dir=None,
-                 manual_dir=None, download=True):  # fmt: skip
+                 manual_dir=None, download=True, eval_only=False):  # fmt: skip
         super().__init__()
         import tensorflow_datasets as tfds
 
@@ -392,15 +400,16 @@ class TfdsDataset(_TfDataset):
         self.image_key = image_key[0]
         self.class_names = list(info.features["label"].names)
         splits = info.splits
-        self.train_split = "train"
         self.eval_split = next((s for s in ("validation", "test") if s in splits), None)
-        if "train" not in splits or self.eval_split is None:
+        if self.eval_split is None or ("train" not in splits and not eval_only):
             raise DataError(f"tfds:{spec}: needs a train and a validation or test split")
-        self.train_shard = tfds.even_splits("train", n=shard.count, drop_remainder=True)[
-            shard.index
-        ]
-        self.num_train_examples = splits["train"].num_examples // shard.count * shard.count
         self.num_eval_examples = splits[self.eval_split].num_examples
+        self.num_train_examples = 0
+        if "train" in splits:
+            self.train_shard = tfds.even_splits("train", n=shard.count, drop_remainder=True)[
+                shard.index
+            ]
+            self.num_train_examples = splits["train"].num_examples // shard.count * shard.count
 
     def _prepare(self, spec, name, manual_dir, download):
         import tensorflow_datasets as tfds

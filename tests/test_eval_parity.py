@@ -1,0 +1,112 @@
+"""`jaxnets eval` (against torchvision on the same batches) and `jaxnets parity train` (the same
+SGD run in both frameworks), at small sizes; the 50-step runs are in the README."""
+
+import json
+
+import pytest
+import torch
+import torchvision
+
+from jaxnets import cli
+from train.evaluate import preprocessing_for_file
+
+
+def run_cli(capsys, *args):
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def resnet18_4_classes(tmp_path_factory):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4)
+    path = tmp_path_factory.mktemp("weights") / "resnet18_4.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_eval_compare_torch_on_the_same_batches(image_folder, resnet18_4_classes, capsys):
+    code, out, err = run_cli(
+        capsys, "eval", "resnet18", "--weights", str(resnet18_4_classes), "--data",
+        f"folder:{image_folder}", "--resize", "73", "--crop", "64", "--batch-size", "5",
+        "--compare-torch", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["images"] == 12  # 4 classes x 3 val images, the last batch masked
+    assert (result["resize"], result["crop"]) == (73, 64)
+    assert result["top1_agreement"] == 1.0
+    assert result["max_abs_logit_diff"] < 1e-4
+    assert result["top1"] == result["torch"]["top1"] and result["top1_diff_points"] == 0.0
+    assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
+    assert result["images_per_sec"] > 0
+
+    code, out, _ = run_cli(
+        capsys, "eval", "resnet18", "--weights", str(resnet18_4_classes), "--data",
+        f"folder:{image_folder / 'val'}", "--resize", "73", "--crop", "64", "--limit", "7",
+    )  # fmt: skip
+    assert code == 0
+    assert "7 images, Resize(73) + CenterCrop(64)" in out and "jaxnets      top1" in out
+
+
+def test_eval_preprocessing_follows_the_weights():
+    v2 = preprocessing_for_file("resnet50", "resnet50-11ad3fa6.pth")
+    assert (v2.resize, v2.crop, v2.source) == (232, 224, "torchvision IMAGENET1K_V2")
+    v1 = preprocessing_for_file("resnet50", "resnet50-0676ba61.pth")
+    assert (v1.resize, v1.crop) == (256, 224)
+    assert preprocessing_for_file("resnet50", "mine.pth").source == "default (V1 recipe)"
+
+
+def test_eval_errors_are_one_line(image_folder, resnet18_4_classes, tmp_path, capsys):
+    cases = [
+        (["--weights", str(tmp_path / "none.pth"), "--data", f"folder:{image_folder}"],
+         "none.pth"),
+        (["--weights", str(resnet18_4_classes), "--data", "imagenet"], "--data 'imagenet'"),
+        (["--weights", str(resnet18_4_classes), "--data", f"folder:{tmp_path / 'nowhere'}"],
+         "no such directory"),
+    ]  # fmt: skip
+    torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), tmp_path / "r2.pth")
+    cases.append(
+        (["--weights", str(tmp_path / "r2.pth"), "--data", f"folder:{image_folder}"],
+         "has 4 classes, the resnet18 head only 2")
+    )  # fmt: skip
+    for args, message in cases:
+        code, _, err = run_cli(capsys, "eval", "resnet18", *args)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def parity(capsys, name, *args):
+    code, out, err = run_cli(capsys, "parity", "train", name, "--batch-size", "16",
+                             "--image-size", "16", "--json", *args)  # fmt: skip
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_parity_train_resnet18_float32_and_float64(capsys):
+    """float32: the first steps agree to rounding noise (the trajectories then drift apart as
+    fast as torch drifts from itself, see the README). float64: agreement to ~1e-12 over many
+    steps, which shows the two updates are the same computation."""
+    result = parity(capsys, "resnet18", "--steps", "2", "--noise-floor")
+    assert len(result["jax_losses"]) == len(result["torch_losses"]) == 2
+    assert result["max_rel_diff"] < 1e-4
+    assert len(result["torch_losses_nudged"]) == 2
+    result = parity(capsys, "resnet18", "--steps", "8", "--float64", "--lr", "0.01",
+                    "--nesterov")  # fmt: skip
+    assert result["max_rel_diff"] < 1e-9, result["max_rel_diff"]
+    assert result["jax_losses"][-1] < result["jax_losses"][0]  # it trains
+
+
+def test_parity_train_vgg11_bn_without_dropout(capsys):
+    result = parity(capsys, "vgg11_bn", "--steps", "2", "--eval", "--image-size", "32")
+    assert result["max_rel_diff"] < 1e-4
+    assert abs(result["test_top1_diff_points"]) <= 100 * (1 - result["test_agreement"])
+
+
+def test_parity_train_bad_input(capsys):
+    code, _, err = run_cli(capsys, "parity", "train", "resnet18", "--steps", "0")
+    assert code == 2 and "--steps 0: expected >= 1" in err
+    code, _, err = run_cli(capsys, "parity", "train", "resnet5")
+    assert code == 2 and "resnet5" in err and err.count("\n") == 1
+    code, _, err = run_cli(capsys, "parity", "train", "resnet18", "--data", "folder:/nowhere")
+    assert code == 2 and "/nowhere: no such directory" in err

@@ -1,0 +1,184 @@
+"""`jaxnets eval`: accuracy of converted or trained weights on a dataset, optionally side by side
+with torchvision on exactly the same preprocessed batches.
+
+Preprocessing comes from the weights: torchvision's metadata for its own files and tags
+(Resize 256 or 232, bilinear with antialias, CenterCrop 224, ImageNet mean/std), the training
+config for a training workdir, or --resize/--crop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Preprocessing:
+    resize: int  # shorter side before the centre crop; 0: resize straight to crop x crop
+    crop: int
+    source: str  # where these numbers come from, for the report
+
+
+def load_weights(name: str, weights: str):
+    """(variables, preprocessing) from a tag, a torchvision file, an export or a workdir."""
+    import json
+
+    from jaxnets.convert import from_torchvision
+    from jaxnets.export import load_variables
+    from jaxnets.pretrained import list_weights, load_pretrained
+
+    known = list_weights(name)
+    if weights in [w.tag for w in known] + ["DEFAULT"]:
+        variables, meta = load_pretrained(name, weights)
+        return variables, Preprocessing(meta.resize, meta.crop, f"torchvision {meta.tag}")
+    path = Path(weights)
+    if path.is_dir():
+        variables, meta = load_variables(path)
+        if meta.get("arch") != name:
+            raise ValueError(f"{weights} holds {meta.get('arch')}, not {name}")
+        if "weights" in meta:  # an export of a torchvision tag
+            w = meta["weights"]
+            return variables, Preprocessing(w["resize"], w["crop"], f"torchvision {w['tag']}")
+        config_file = path / "config.json"
+        if config_file.is_file():  # a training workdir: evaluate as training did
+            config = json.loads(config_file.read_text())
+            return variables, Preprocessing(
+                config.get("eval_resize", 0), config["image_size"], f"{config_file}"
+            )
+        return variables, Preprocessing(256, 224, "default (V1 recipe)")
+    return from_torchvision(name, path), preprocessing_for_file(name, path.name)
+
+
+def preprocessing_for_file(name: str, filename: str) -> Preprocessing:
+    """torchvision's own files carry their recipe in the name (resnet50-11ad3fa6.pth is V2:
+    Resize(232)); other files get the V1 recipe, Resize(256) + CenterCrop(224)."""
+    from jaxnets.pretrained import list_weights
+
+    for w in list_weights(name):
+        if w.filename == filename:
+            return Preprocessing(w.resize, w.crop, f"torchvision {w.tag}")
+    return Preprocessing(256, 224, "default (V1 recipe)")
+
+
+def evaluate(
+    name: str, weights: str, data: str, *, batch_size: int = 64, resize: int | None = None,
+    crop: int | None = None, compare_torch: bool = False, limit: int = 0, data_dir: str = "",
+) -> dict:  # fmt: skip
+    """Top-1/top-5 and images/sec of jaxnets (and torchvision) on the evaluation split of `data`
+    ('folder:PATH' or 'tfds:NAME')."""
+    try:
+        import torchvision  # noqa: F401  (before tensorflow imports: PORTING.md)
+    except ImportError:
+        if compare_torch:
+            raise
+    import jax
+    import jax.numpy as jnp
+
+    import jaxnets
+    from jaxnets.registry import head_module
+    from train import tfdata
+    from train.data import load_eval_dataset
+
+    variables, preprocessing = load_weights(name, weights)
+    if resize is not None:
+        preprocessing = dataclasses.replace(preprocessing, resize=resize, source="--resize")
+    if crop is not None:
+        preprocessing = dataclasses.replace(preprocessing, crop=crop)
+    augmentation = tfdata.Augmentation(image_size=preprocessing.crop,
+                                       eval_resize=preprocessing.resize)  # fmt: skip
+    dataset = load_eval_dataset(data, augmentation, data_dir=data_dir)
+    num_classes = int(variables["params"][head_module(name)]["kernel"].shape[-1])
+    if dataset.num_classes > num_classes:
+        raise ValueError(
+            f"{data} has {dataset.num_classes} classes, the {name} head only {num_classes}"
+        )
+    model = jaxnets.create_model(name, num_classes=num_classes)
+    mean = np.asarray(dataset.mean, np.float32) * 255
+    std = np.asarray(dataset.std, np.float32) * 255
+
+    @jax.jit
+    def logits_of(variables, images):
+        return model.apply(variables, images, train=False)
+
+    torch_model = _torch_model(name, variables, num_classes) if compare_torch else None
+    ours, theirs, labels = [], [], []
+    seconds, timed_images, seen = 0.0, 0, 0
+    with jax.default_matmul_precision("highest"):
+        for images, batch_labels, mask in dataset.eval_batches(batch_size):
+            if limit and seen >= limit:
+                break
+            # One normalized float32 batch, fed to both frameworks.
+            batch = ((images.astype(np.float32) - mean) / std).astype(np.float32)
+            start = time.perf_counter()
+            logits = np.asarray(logits_of(variables, jnp.asarray(batch)))
+            if seen:  # the first batch includes compilation
+                seconds += time.perf_counter() - start
+                timed_images += int(mask.sum())
+            ours.append(logits[mask])
+            labels.append(batch_labels[mask])
+            if torch_model is not None:
+                theirs.append(_torch_logits(torch_model, batch)[mask])
+            seen += int(mask.sum())
+    ours, labels = np.concatenate(ours), np.concatenate(labels)
+    if limit:
+        ours, labels = ours[:limit], labels[:limit]
+    result = {
+        "model": name, "weights": str(weights), "data": data, "images": len(labels),
+        "resize": preprocessing.resize, "crop": preprocessing.crop,
+        "preprocessing_from": preprocessing.source, **_accuracy(ours, labels),
+        "images_per_sec": timed_images / seconds if seconds else float("nan"),
+    }  # fmt: skip
+    if torch_model is not None:
+        theirs = np.concatenate(theirs)[: len(labels)]
+        torch_accuracy = _accuracy(theirs, labels)
+        result["torch"] = torch_accuracy
+        result["top1_agreement"] = float(np.mean(ours.argmax(-1) == theirs.argmax(-1)))
+        result["max_abs_logit_diff"] = float(np.abs(ours - theirs).max())
+        result["top1_diff_points"] = 100 * (result["top1"] - torch_accuracy["top1"])
+    return result
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> dict:
+    top5 = np.argsort(-logits, axis=-1)[:, :5]
+    return {
+        "top1": float(np.mean(top5[:, 0] == labels)),
+        "top5": float(np.mean(np.any(top5 == labels[:, None], axis=-1))),
+    }
+
+
+def _torch_model(name: str, variables, num_classes: int):
+    """torchvision's model holding the same weights (converted back, bit-exact)."""
+    import torch
+    import torchvision
+
+    from jaxnets.convert import to_torchvision
+
+    model = torchvision.models.get_model(name, num_classes=num_classes)
+    state = {k: torch.from_numpy(np.array(v)) for k, v in to_torchvision(name, variables).items()}
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _torch_logits(model, batch: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()).numpy()
+
+
+def format_report(r: dict) -> str:
+    lines = [
+        f"{r['model']} ({r['weights']}) on {r['data']}: {r['images']} images, "
+        f"Resize({r['resize']}) + CenterCrop({r['crop']}) from {r['preprocessing_from']}",
+        f"jaxnets      top1 {r['top1']:.4f}  top5 {r['top5']:.4f}  {r['images_per_sec']:.1f} img/s",
+    ]
+    if "torch" in r:
+        lines += [
+            f"torchvision  top1 {r['torch']['top1']:.4f}  top5 {r['torch']['top5']:.4f}",
+            f"top-1 agreement {r['top1_agreement']:.4f}, max |logit diff| "
+            f"{r['max_abs_logit_diff']:.2e}, top-1 difference {r['top1_diff_points']:+.2f} points",
+        ]
+    return "\n".join(lines)

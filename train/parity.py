@@ -1,0 +1,234 @@
+"""`jaxnets parity train`: the same training run in PyTorch and in JAX, step by step.
+
+Both start from one torchvision initialization (converted to Flax), read the same batches in the
+same order (no random augmentation), and take SGD steps with the same momentum, Nesterov flag,
+weight decay and learning-rate schedule. torch.optim.SGD applies weight decay to the gradient
+before momentum; the optax chain of train/optim.py computes exactly that, and the torch side is
+given the optax schedule's learning rate at every step.
+
+The one semantic difference left is dropout (VGG, AlexNet): the two frameworks cannot draw the
+same masks, so parity runs use dropout 0 in both.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class ParitySettings:
+    steps: int = 50
+    data: str = "digits"
+    batch_size: int = 64
+    image_size: int = 32
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    seed: int = 0
+    evaluate: bool = False  # also compare test accuracy after training
+    data_dir: str = ""
+    float64: bool = False  # both frameworks in float64: semantics without rounding noise
+    # Also train a second torch model whose initial weights are 1 ulp away: how far torch
+    # drifts from itself under rounding-size noise, the floor for any cross-framework match.
+    noise_floor: bool = False
+
+
+def _config(name: str, s: ParitySettings, steps_per_epoch: int):
+    from train.config import base_config
+
+    config = base_config().unlock()
+    config.update({
+        "model": name, "dataset": s.data, "data_dir": s.data_dir, "image_size": s.image_size,
+        "batch_size": s.batch_size, "eval_batch_size": s.batch_size, "augment": "none",
+        "hflip": False, "learning_rate": s.learning_rate, "momentum": s.momentum,
+        "nesterov": s.nesterov, "weight_decay": s.weight_decay, "schedule": s.schedule,
+        "warmup_epochs": 0.0, "num_epochs": -(-s.steps // steps_per_epoch), "seed": s.seed,
+        "dropout": 0.0,
+    })  # fmt: skip
+    return config
+
+
+def _host_normalize(images: np.ndarray, dataset) -> np.ndarray:
+    """Float32 batches for both frameworks (tf.data sources deliver uint8)."""
+    if dataset.mean is None:
+        return images.astype(np.float32)
+    mean = np.asarray(dataset.mean, np.float32) * 255
+    std = np.asarray(dataset.std, np.float32) * 255
+    return ((images.astype(np.float32) - mean) / std).astype(np.float32)
+
+
+def run(name: str, settings: ParitySettings) -> dict:
+    """Per-step losses of both frameworks and their largest relative difference."""
+    import jax
+
+    if settings.float64:
+        with jax.enable_x64(True):  # scoped: the rest of the process stays float32
+            return _run(name, settings)
+    return _run(name, settings)
+
+
+def _run(name: str, settings: ParitySettings) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import optax
+    import torch
+    import torchvision
+
+    import jaxnets
+    from jaxnets.convert import from_torchvision
+    from train import data as data_lib
+    from train.optim import learning_rate_schedule, make_optimizer
+
+    dtype = np.float64 if settings.float64 else np.float32
+    probe = _config(name, settings, 1)
+    dataset = data_lib.load_dataset(probe)
+    steps_per_epoch = dataset.steps_per_epoch(settings.batch_size)
+    if steps_per_epoch == 0:
+        raise ValueError(f"--batch-size {settings.batch_size} exceeds the training examples")
+    config = _config(name, settings, steps_per_epoch)
+    num_classes = dataset.num_classes
+
+    kwargs = {"num_classes": num_classes}
+    if name == "alexnet" or name.startswith("vgg"):
+        kwargs["dropout"] = 0.0
+    torch.manual_seed(settings.seed)
+    torch_model = torchvision.models.get_model(name, **kwargs)  # float32 initialization
+    if settings.float64:
+        torch_model = torch_model.double()  # the same float32-representable starting point
+    variables = from_torchvision(name, torch_model.state_dict(), num_classes=num_classes)
+    model = jaxnets.create_model(name, **kwargs, dtype=dtype, param_dtype=dtype)
+    variables = jax.tree.map(lambda x: jnp.asarray(x, dtype), variables)
+
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    tx = make_optimizer(config, steps_per_epoch)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def jax_step(params, batch_stats, opt_state, images, labels):
+        def loss_fn(params):
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": batch_stats}, images, train=True,
+                mutable=["batch_stats"],
+            )  # fmt: skip
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            return loss, updates.get("batch_stats", batch_stats)
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+
+    def torch_sgd(module):
+        return torch.optim.SGD(
+            module.parameters(), lr=settings.learning_rate, momentum=settings.momentum,
+            weight_decay=settings.weight_decay, nesterov=settings.nesterov,
+        )  # fmt: skip
+
+    def torch_step(module, optimizer, batch, labels, lr) -> float:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(
+            module(torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()),
+            torch.from_numpy(labels.astype(np.int64)),
+        )
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    torch_model.train()
+    sgd = torch_sgd(torch_model)
+    nudged = None
+    if settings.noise_floor:
+        nudged = copy.deepcopy(torch_model)
+        with torch.no_grad():
+            for p in nudged.parameters():
+                p.copy_(torch.nextafter(p, torch.full_like(p, float("inf"))))
+        nudged_sgd = torch_sgd(nudged)
+
+    jax_losses, torch_losses, nudged_losses = [], [], []
+    step = 0
+    with jax.default_matmul_precision("highest"):
+        for epoch in range(config.num_epochs):
+            for images, labels in dataset.train_batches(settings.seed, epoch, 0, config.batch_size):
+                if step == settings.steps:
+                    break
+                batch = _host_normalize(images, dataset).astype(dtype)
+                params, batch_stats, opt_state, loss = jax_step(
+                    params, batch_stats, opt_state, jnp.asarray(batch), jnp.asarray(labels)
+                )
+                jax_losses.append(float(loss))
+
+                lr = float(schedule(step))
+                torch_losses.append(torch_step(torch_model, sgd, batch, labels, lr))
+                if nudged is not None:
+                    nudged_losses.append(torch_step(nudged, nudged_sgd, batch, labels, lr))
+                step += 1
+
+    jax_losses, torch_losses = np.array(jax_losses), np.array(torch_losses)
+    relative = np.abs(jax_losses - torch_losses) / np.abs(torch_losses)
+    result = {
+        "model": name, "data": settings.data, "steps": step, **dataclasses.asdict(settings),
+        "jax_losses": jax_losses.tolist(), "torch_losses": torch_losses.tolist(),
+        "max_rel_diff": float(relative.max()), "worst_step": int(relative.argmax()),
+        "first_step_over_1pct": int(np.argmax(relative > 0.01)) if (relative > 0.01).any()
+        else None,
+    }  # fmt: skip
+    if nudged is not None:
+        floor = np.abs(np.array(nudged_losses) - torch_losses) / np.abs(torch_losses)
+        result["torch_losses_nudged"] = nudged_losses
+        result["torch_noise_max_rel_diff"] = float(floor.max())
+    if settings.evaluate:
+        result.update(_test_accuracies(model, params, batch_stats, torch_model, dataset,
+                                       settings.batch_size, dtype))  # fmt: skip
+    return result
+
+
+def _test_accuracies(model, params, batch_stats, torch_model, dataset, batch_size, dtype):
+    import jax
+    import torch
+
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    torch_model.eval()
+    correct_jax = correct_torch = agree = count = 0
+    with jax.default_matmul_precision("highest"), torch.no_grad():
+        for images, labels, mask in dataset.eval_batches(batch_size):
+            batch = _host_normalize(images, dataset).astype(dtype)
+            ours = np.asarray(apply({"params": params, "batch_stats": batch_stats}, batch))
+            theirs = torch_model(torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()).numpy()
+            ours, theirs, labels = ours.argmax(-1)[mask], theirs.argmax(-1)[mask], labels[mask]
+            correct_jax += int((ours == labels).sum())
+            correct_torch += int((theirs == labels).sum())
+            agree += int((ours == theirs).sum())
+            count += len(labels)
+    return {
+        "jax_test_top1": correct_jax / count, "torch_test_top1": correct_torch / count,
+        "test_top1_diff_points": 100 * (correct_jax - correct_torch) / count,
+        "test_agreement": agree / count,
+    }  # fmt: skip
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{r['model']} on {r['data']}: {r['steps']} SGD steps, batch {r['batch_size']}, "
+             f"lr {r['learning_rate']} ({r['schedule']}), momentum {r['momentum']}, "
+             f"weight decay {r['weight_decay']}",
+             "step  jax loss    torch loss  rel diff"]  # fmt: skip
+    for i, (a, b) in enumerate(zip(r["jax_losses"], r["torch_losses"], strict=True)):
+        lines.append(f"{i:4d}  {a:.6f}  {b:.6f}    {abs(a - b) / abs(b):.2e}")
+    lines.append(f"max_rel_diff {r['max_rel_diff']:.2e} (step {r['worst_step']})")
+    if "torch_noise_max_rel_diff" in r:
+        lines.append(
+            f"torch vs torch with weights 1 ulp apart: max_rel_diff "
+            f"{r['torch_noise_max_rel_diff']:.2e} (the float noise floor of this run)"
+        )
+    if "jax_test_top1" in r:
+        lines.append(
+            f"test top-1: jax {r['jax_test_top1']:.4f}, torch {r['torch_test_top1']:.4f} "
+            f"({r['test_top1_diff_points']:+.2f} points), agreement {r['test_agreement']:.4f}"
+        )
+    return "\n".join(lines)

@@ -66,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--crop", type=int, help="override the weights' center crop")
     evaluate.add_argument("--limit", type=int, default=0, help="evaluate the first N images")
     evaluate.add_argument(
+        "--no-antialias", action="store_true",
+        help="resize without antialiasing (TF's plain bilinear), to measure what it changes",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--compare-antialias", action="store_true",
+        help="also evaluate with the other antialias setting: how many predictions change",
+    )  # fmt: skip
+    evaluate.add_argument(
         "--compare-torch", action="store_true",
         help="also run torchvision on the same batches: agreement and logit differences",
     )  # fmt: skip
@@ -175,7 +183,8 @@ def _eval(args) -> int:
     result = evaluate(
         args.name, args.weights, args.data, batch_size=args.batch_size, resize=args.resize,
         crop=args.crop, compare_torch=args.compare_torch, limit=args.limit,
-        data_dir=args.data_dir,
+        data_dir=args.data_dir, antialias=not args.no_antialias,
+        compare_antialias=args.compare_antialias,
     )  # fmt: skip
     print(json.dumps(result) if args.json else format_report(result))
     return 0

@@ -45,9 +45,11 @@ def test_eval_compare_torch_on_the_same_batches(image_folder, resnet18_4_classes
     code, out, _ = run_cli(
         capsys, "eval", "resnet18", "--weights", str(resnet18_4_classes), "--data",
         f"folder:{image_folder / 'val'}", "--resize", "73", "--crop", "64", "--limit", "7",
+        "--compare-antialias",
     )  # fmt: skip
     assert code == 0
     assert "7 images, Resize(73) + CenterCrop(64)" in out and "jaxnets      top1" in out
+    assert "antialias=False: top1" in out and "same top-1 prediction for" in out
 
 
 def test_eval_preprocessing_follows_the_weights():

@@ -66,9 +66,11 @@ def preprocessing_for_file(name: str, filename: str) -> Preprocessing:
 def evaluate(
     name: str, weights: str, data: str, *, batch_size: int = 64, resize: int | None = None,
     crop: int | None = None, compare_torch: bool = False, limit: int = 0, data_dir: str = "",
+    antialias: bool = True, compare_antialias: bool = False,
 ) -> dict:  # fmt: skip
     """Top-1/top-5 and images/sec of jaxnets (and torchvision) on the evaluation split of `data`
-    ('folder:PATH' or 'tfds:NAME')."""
+    ('folder:PATH' or 'tfds:NAME'). compare_antialias: also evaluate with the other antialias
+    setting and report how many top-1 predictions change."""
     try:
         import torchvision  # noqa: F401  (before tensorflow imports: PORTING.md)
     except ImportError:
@@ -79,66 +81,78 @@ def evaluate(
 
     import jaxnets
     from jaxnets.registry import head_module
-    from train import tfdata
-    from train.data import load_eval_dataset
 
     variables, preprocessing = load_weights(name, weights)
     if resize is not None:
         preprocessing = dataclasses.replace(preprocessing, resize=resize, source="--resize")
     if crop is not None:
         preprocessing = dataclasses.replace(preprocessing, crop=crop)
-    augmentation = tfdata.Augmentation(image_size=preprocessing.crop,
-                                       eval_resize=preprocessing.resize)  # fmt: skip
-    dataset = load_eval_dataset(data, augmentation, data_dir=data_dir)
     num_classes = int(variables["params"][head_module(name)]["kernel"].shape[-1])
-    if dataset.num_classes > num_classes:
-        raise ValueError(
-            f"{data} has {dataset.num_classes} classes, the {name} head only {num_classes}"
-        )
     model = jaxnets.create_model(name, num_classes=num_classes)
-    mean = np.asarray(dataset.mean, np.float32) * 255
-    std = np.asarray(dataset.std, np.float32) * 255
-
-    @jax.jit
-    def logits_of(variables, images):
-        return model.apply(variables, images, train=False)
-
+    logits_of = jax.jit(lambda variables, images: model.apply(variables, images, train=False))
     torch_model = _torch_model(name, variables, num_classes) if compare_torch else None
-    ours, theirs, labels = [], [], []
-    seconds, timed_images, seen = 0.0, 0, 0
-    with jax.default_matmul_precision("highest"):
-        for images, batch_labels, mask in dataset.eval_batches(batch_size):
-            if limit and seen >= limit:
-                break
-            # One normalized float32 batch, fed to both frameworks.
-            batch = ((images.astype(np.float32) - mean) / std).astype(np.float32)
-            start = time.perf_counter()
-            logits = np.asarray(logits_of(variables, jnp.asarray(batch)))
-            if seen:  # the first batch includes compilation
-                seconds += time.perf_counter() - start
-                timed_images += int(mask.sum())
-            ours.append(logits[mask])
-            labels.append(batch_labels[mask])
-            if torch_model is not None:
-                theirs.append(_torch_logits(torch_model, batch)[mask])
-            seen += int(mask.sum())
-    ours, labels = np.concatenate(ours), np.concatenate(labels)
-    if limit:
-        ours, labels = ours[:limit], labels[:limit]
+
+    def run_pass(antialias: bool, with_torch: bool):
+        dataset = _eval_dataset(data, data_dir, preprocessing, antialias)
+        if dataset.num_classes > num_classes:
+            raise ValueError(
+                f"{data} has {dataset.num_classes} classes, the {name} head only {num_classes}"
+            )
+        mean = np.asarray(dataset.mean, np.float32) * 255
+        std = np.asarray(dataset.std, np.float32) * 255
+        ours, theirs, labels = [], [], []
+        seconds, timed_images, seen = 0.0, 0, 0
+        with jax.default_matmul_precision("highest"):
+            for images, batch_labels, mask in dataset.eval_batches(batch_size):
+                if limit and seen >= limit:
+                    break
+                # One normalized float32 batch, fed to both frameworks.
+                batch = ((images.astype(np.float32) - mean) / std).astype(np.float32)
+                start = time.perf_counter()
+                logits = np.asarray(logits_of(variables, jnp.asarray(batch)))
+                if seen:  # the first batch includes compilation
+                    seconds += time.perf_counter() - start
+                    timed_images += int(mask.sum())
+                ours.append(logits[mask])
+                labels.append(batch_labels[mask])
+                if with_torch:
+                    theirs.append(_torch_logits(torch_model, batch)[mask])
+                seen += int(mask.sum())
+        n = min(limit or seen, seen)
+        theirs = np.concatenate(theirs)[:n] if with_torch else None
+        rate = timed_images / seconds if seconds else float("nan")
+        return np.concatenate(ours)[:n], theirs, np.concatenate(labels)[:n], rate
+
+    ours, theirs, labels, rate = run_pass(antialias, torch_model is not None)
     result = {
         "model": name, "weights": str(weights), "data": data, "images": len(labels),
-        "resize": preprocessing.resize, "crop": preprocessing.crop,
+        "resize": preprocessing.resize, "crop": preprocessing.crop, "antialias": antialias,
         "preprocessing_from": preprocessing.source, **_accuracy(ours, labels),
-        "images_per_sec": timed_images / seconds if seconds else float("nan"),
+        "images_per_sec": rate,
     }  # fmt: skip
-    if torch_model is not None:
-        theirs = np.concatenate(theirs)[: len(labels)]
+    if theirs is not None:
         torch_accuracy = _accuracy(theirs, labels)
         result["torch"] = torch_accuracy
         result["top1_agreement"] = float(np.mean(ours.argmax(-1) == theirs.argmax(-1)))
         result["max_abs_logit_diff"] = float(np.abs(ours - theirs).max())
         result["top1_diff_points"] = 100 * (result["top1"] - torch_accuracy["top1"])
+    if compare_antialias:
+        other, _, _, _ = run_pass(not antialias, False)
+        result["other_antialias"] = {
+            "antialias": not antialias, **_accuracy(other, labels),
+            "top1_agreement": float(np.mean(ours.argmax(-1) == other.argmax(-1))),
+        }  # fmt: skip
     return result
+
+
+def _eval_dataset(data: str, data_dir: str, preprocessing: Preprocessing, antialias: bool):
+    from train import tfdata
+    from train.data import load_eval_dataset
+
+    augmentation = tfdata.Augmentation(image_size=preprocessing.crop,
+                                       eval_resize=preprocessing.resize,
+                                       eval_antialias=antialias)  # fmt: skip
+    return load_eval_dataset(data, augmentation, data_dir=data_dir)
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> dict:
@@ -172,7 +186,8 @@ def _torch_logits(model, batch: np.ndarray) -> np.ndarray:
 def format_report(r: dict) -> str:
     lines = [
         f"{r['model']} ({r['weights']}) on {r['data']}: {r['images']} images, "
-        f"Resize({r['resize']}) + CenterCrop({r['crop']}) from {r['preprocessing_from']}",
+        f"Resize({r['resize']}{'' if r['antialias'] else ', no antialias'}) + "
+        f"CenterCrop({r['crop']}) from {r['preprocessing_from']}",
         f"jaxnets      top1 {r['top1']:.4f}  top5 {r['top5']:.4f}  {r['images_per_sec']:.1f} img/s",
     ]
     if "torch" in r:
@@ -181,4 +196,10 @@ def format_report(r: dict) -> str:
             f"top-1 agreement {r['top1_agreement']:.4f}, max |logit diff| "
             f"{r['max_abs_logit_diff']:.2e}, top-1 difference {r['top1_diff_points']:+.2f} points",
         ]
+    if "other_antialias" in r:
+        o = r["other_antialias"]
+        lines.append(
+            f"antialias={o['antialias']}: top1 {o['top1']:.4f}  top5 {o['top5']:.4f}, same top-1 "
+            f"prediction for {o['top1_agreement']:.4f} of the images"
+        )
     return "\n".join(lines)

@@ -77,10 +77,11 @@ def decode_image(image_bytes):
     return image
 
 
-def resize(image, size):
+def resize(image, size, antialias: bool = True):
     """Bilinear with antialias (torchvision's Resize on PIL images and, since 0.17, tensors),
-    rounded back to uint8."""
-    resized = tf.image.resize(image, size, method="bilinear", antialias=True)
+    rounded back to uint8. antialias=False is TF's (and old torchvision tensors') plain
+    bilinear, kept to measure what it costs."""
+    resized = tf.image.resize(image, size, method="bilinear", antialias=antialias)
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
@@ -93,7 +94,7 @@ def resize_to(image, size: int):
     return image
 
 
-def resize_shorter_side(image, shorter: int):
+def resize_shorter_side(image, shorter: int, antialias: bool = True):
     """torchvision Resize(int): the shorter side becomes `shorter`, the longer one
     int(shorter * long / short) (truncated, as torchvision computes it)."""
     shape = tf.shape(image)
@@ -105,7 +106,7 @@ def resize_shorter_side(image, shorter: int):
     )
     new_h = tf.where(h <= w, shorter, new_long)
     new_w = tf.where(h <= w, new_long, shorter)
-    return resize(image, tf.stack([new_h, new_w]))
+    return resize(image, tf.stack([new_h, new_w]), antialias)
 
 
 def center_crop(image, size: int):

@@ -45,6 +45,7 @@ class Augmentation:
       color_jitter: ColorJitter brightness = contrast = saturation strength (0: off).
       eval_resize: 0 resizes evaluation images to image_size; N > 0 is torchvision's
         Resize(N) + CenterCrop(image_size).
+      eval_antialias: False resizes evaluation images without antialiasing (to measure it).
     """
 
     image_size: int
@@ -53,6 +54,7 @@ class Augmentation:
     hflip: bool = False
     color_jitter: float = 0.0
     eval_resize: int = 0
+    eval_antialias: bool = True
 
     def train(self, image_bytes, seed):
         crop_seed, flip_seed, jitter_seed = tf.unstack(
@@ -77,7 +79,7 @@ class Augmentation:
     def eval(self, image_bytes):
         image = preprocess.decode_image(image_bytes)
         if self.eval_resize:
-            image = preprocess.resize_shorter_side(image, self.eval_resize)
+            image = preprocess.resize_shorter_side(image, self.eval_resize, self.eval_antialias)
             image = preprocess.center_crop(image, self.image_size)
         else:
             image = preprocess.resize_to(image, self.image_size)

@@ -115,6 +115,25 @@ def main(argv: list[str] | None = None) -> int:
     parity_train.add_argument("--json", action="store_true", help="print one JSON object")
     parity_train.set_defaults(run=_parity_train)
 
+    bench = commands.add_parser(
+        "bench",
+        help="train/inference throughput, compile time and memory: jaxnets vs torchvision",
+        description="jaxnets bench --models resnet50,vgg16 --batch-size B --image-size S",
+    )
+    bench.add_argument("--models", default="resnet50", help="comma-separated architectures")
+    bench.add_argument("--batch-size", type=int, default=16)
+    bench.add_argument("--image-size", type=int, default=128)
+    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "bf16"])
+    bench.add_argument("--steps", type=int, default=10, help="timed steps")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    bench.add_argument(
+        "--frameworks", default="jaxnets,torch,torch.compile",
+        help="any of jaxnets, torch (eager), torch.compile",
+    )  # fmt: skip
+    bench.add_argument("--remat", action="store_true", help="ResNets: rematerialize blocks")
+    bench.add_argument("--json", action="store_true", help="print JSON rows")
+    bench.set_defaults(run=_bench)
+
     args = parser.parse_args(argv)
     try:
         return args.run(args)
@@ -206,6 +225,29 @@ def _parity_train(args) -> int:
     )  # fmt: skip
     result = run(args.name, settings)
     print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
+def _bench(args) -> int:
+    from jaxnets.bench import BenchSettings, format_table, run
+    from jaxnets.registry import create_model
+
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    for name in models:
+        create_model(name)  # an unknown name fails here, with the closest names
+    frameworks = tuple(f.strip() for f in args.frameworks.split(","))
+    unknown = set(frameworks) - {"jaxnets", "torch", "torch.compile"}
+    if unknown or "jaxnets" not in frameworks:
+        raise ValueError(f"--frameworks {args.frameworks!r}: jaxnets plus torch, torch.compile")
+    if min(args.batch_size, args.image_size, args.steps) < 1 or args.warmup < 0:
+        raise ValueError("--batch-size, --image-size and --steps must be >= 1")
+    settings = BenchSettings(
+        models=models, batch_size=args.batch_size, image_size=args.image_size,
+        dtype="bfloat16" if args.dtype == "bf16" else args.dtype, steps=args.steps,
+        warmup=args.warmup, frameworks=frameworks, remat=args.remat,
+    )  # fmt: skip
+    rows = run(settings)
+    print(json.dumps(rows) if args.json else format_table(rows))
     return 0
 
 

@@ -104,6 +104,9 @@ class ResNet(nn.Module):
       replace_stride_with_dilation: for stages 2-4, dilate instead of striding.
       dtype: compute dtype; parameters stay in param_dtype, BatchNorm statistics in float32.
       bn_batch_groups: see BatchNorm.batch_groups.
+      remat: recompute each residual block's activations in the backward pass instead of
+        keeping them (jax.checkpoint): less memory for large batches, about a third more
+        compute. Parameter names and numerics are unchanged.
     """
 
     block: type[nn.Module]
@@ -116,6 +119,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     bn_batch_groups: int = 1
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -140,6 +144,8 @@ class ResNet(nn.Module):
         x = nn.relu(norm(name="bn1")(x, not train))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pad2(1))
 
+        # static_argnums counts self: `train` (argument 2) selects the BatchNorm mode.
+        block = nn.remat(self.block, static_argnums=(2,)) if self.remat else self.block
         in_features, dilation = 64, 1
         stages = zip((64, 128, 256, 512), self.layers, strict=True)
         for stage, (planes, blocks) in enumerate(stages):
@@ -152,7 +158,7 @@ class ResNet(nn.Module):
                 if self.block is Bottleneck:
                     # torchvision gives the first block of a stage the previous dilation.
                     bottleneck_options["dilation"] = previous_dilation if i == 0 else dilation
-                x = self.block(
+                x = block(
                     planes,
                     conv=conv,
                     norm=norm,

@@ -112,3 +112,28 @@ def test_parity_train_bad_input(capsys):
     assert code == 2 and "resnet5" in err and err.count("\n") == 1
     code, _, err = run_cli(capsys, "parity", "train", "resnet18", "--data", "folder:/nowhere")
     assert code == 2 and "/nowhere: no such directory" in err
+
+
+def test_bench_rows_for_jaxnets_and_torch(capsys):
+    code, out, err = run_cli(
+        capsys, "bench", "--models", "resnet18", "--batch-size", "2", "--image-size", "32",
+        "--steps", "1", "--warmup", "1", "--frameworks", "jaxnets,torch", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [(r["framework"], r["model"]) for r in rows] == [
+        ("jaxnets", "resnet18"), ("torch", "resnet18")
+    ]  # fmt: skip
+    ours, theirs = rows
+    for row in rows:
+        assert row["train_img_s"] > 0 and row["infer_img_s"] > 0 and "error" not in row
+    assert ours["compile_s"] > 0 and ours["peak_mem"] > 0  # XLA's accounting on CPU
+    assert theirs["jaxnets_train_ratio"] == ours["train_img_s"] / theirs["train_img_s"]
+
+    for args, message in [
+        (["--models", "resnet5"], "resnet5"),
+        (["--frameworks", "torch"], "--frameworks 'torch'"),
+        (["--batch-size", "0"], "must be >= 1"),
+    ]:
+        code, _, err = run_cli(capsys, "bench", *args)
+        assert code == 2 and message in err and err.count("\n") == 1, err

@@ -176,3 +176,26 @@ def test_registry_errors():
             return None
 
     assert jaxnets.list_models() == sorted(TORCHVISION_PARAMS)
+
+
+def test_remat_keeps_parameters_and_gradients():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 64, 64, 3)), jnp.float32)
+    plain = jaxnets.create_model("resnet18", num_classes=10)
+    remat = jaxnets.create_model("resnet18", num_classes=10, remat=True)
+    variables = plain.init(jax.random.key(0), x, train=False)
+    assert jax.tree.structure(variables) == jax.tree.structure(
+        jax.eval_shape(lambda: remat.init(jax.random.key(0), x, train=False))
+    )
+
+    def grad_fn(model):
+        def loss(params):
+            logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                    x, train=True, mutable=["batch_stats"])  # fmt: skip
+            return logits.sum()
+
+        return jax.jit(jax.grad(loss))
+
+    jaxprs = [str(jax.make_jaxpr(grad_fn(m))(variables["params"])) for m in (plain, remat)]
+    assert "remat" not in jaxprs[0] and "remat" in jaxprs[1]  # blocks are checkpointed
+    grads = [grad_fn(m)(variables["params"]) for m in (plain, remat)]
+    jax.tree.map(np.testing.assert_array_equal, *grads)

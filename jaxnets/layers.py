@@ -108,6 +108,39 @@ class BatchNorm(nn.Module):
         return y.reshape(x.shape).astype(dtype)
 
 
+class PointwiseConv(nn.Module):
+    """A 1x1 convolution (optionally strided) computed as a matrix product.
+
+    Same parameter ("kernel", shape (1, 1, in, out)) and same arithmetic as nn.Conv with a 1x1
+    kernel, but XLA:CPU runs a matrix product and its gradients several times faster than a
+    1x1 convolution, whose weight gradient takes a slow generic convolution path (54 ms vs 7 ms
+    for 16x32x32x256 -> 64 on this project's 2-core CPU). ResNet-50's bottlenecks are two
+    thirds 1x1 convolutions.
+    """
+
+    features: int
+    strides: int = 1
+    use_bias: bool = False
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.use_bias:
+            raise ValueError("PointwiseConv has no bias (ResNet's 1x1 convolutions have none)")
+        in_features = x.shape[-1]
+        kernel = self.param(
+            "kernel", self.kernel_init, (1, 1, in_features, self.features), self.param_dtype
+        )
+        if self.strides != 1:
+            x = x[:, :: self.strides, :: self.strides, :]  # the pixels a 1x1/s conv reads
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        n, h, w, _ = x.shape
+        y = jnp.dot(x.reshape(n * h * w, in_features), kernel.reshape(in_features, self.features))
+        return y.reshape(n, h, w, self.features)
+
+
 def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
     """The (out_size, in_size) averaging matrix of torch's AdaptiveAvgPool along one axis.
 

@@ -16,6 +16,7 @@ from flax import linen as nn
 
 from jaxnets.layers import (
     BatchNorm,
+    PointwiseConv,
     kaiming_normal_fan_out,
     pad2,
     torch_default_bias,
@@ -182,7 +183,12 @@ class ResNet(nn.Module):
         return x.astype(jnp.promote_types(jnp.float32, self.dtype))  # logits in >= float32
 
 
-def _conv(features, kernel_size, strides, padding, **kwargs) -> nn.Conv:
+def _conv(features, kernel_size, strides, padding, **kwargs) -> nn.Module:
+    """nn.Conv, except 1x1 convolutions, which run as matrix products (see PointwiseConv)."""
+    if tuple(kernel_size) == (1, 1) and kwargs.get("feature_group_count", 1) == 1:
+        if padding != pad2(0):
+            raise ValueError(f"a 1x1 convolution pads nothing, got {padding}")
+        return PointwiseConv(features, strides=strides, **kwargs)
     return nn.Conv(features, kernel_size, strides=strides, padding=padding, **kwargs)
 
 

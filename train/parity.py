@@ -186,6 +186,9 @@ def _run(name: str, settings: ParitySettings) -> dict:
     if settings.evaluate:
         result.update(_test_accuracies(model, params, batch_stats, torch_model, dataset,
                                        settings.batch_size, dtype))  # fmt: skip
+        if nudged is not None:
+            nudged_top1 = _torch_test_top1(nudged, dataset, settings.batch_size, dtype)
+            result["torch_nudged_test_top1"] = nudged_top1
     return result
 
 
@@ -213,6 +216,20 @@ def _test_accuracies(model, params, batch_stats, torch_model, dataset, batch_siz
     }  # fmt: skip
 
 
+def _torch_test_top1(torch_model, dataset, batch_size, dtype) -> float:
+    import torch
+
+    torch_model.eval()
+    correct = count = 0
+    with torch.no_grad():
+        for images, labels, mask in dataset.eval_batches(batch_size):
+            batch = torch.from_numpy(_host_normalize(images, dataset).astype(dtype))
+            predicted = torch_model(batch.permute(0, 3, 1, 2).contiguous()).numpy().argmax(-1)
+            correct += int((predicted[mask] == labels[mask]).sum())
+            count += int(mask.sum())
+    return correct / count
+
+
 def format_report(r: dict) -> str:
     lines = [f"{r['model']} on {r['data']}: {r['steps']} SGD steps, batch {r['batch_size']}, "
              f"lr {r['learning_rate']} ({r['schedule']}), momentum {r['momentum']}, "
@@ -230,5 +247,9 @@ def format_report(r: dict) -> str:
         lines.append(
             f"test top-1: jax {r['jax_test_top1']:.4f}, torch {r['torch_test_top1']:.4f} "
             f"({r['test_top1_diff_points']:+.2f} points), agreement {r['test_agreement']:.4f}"
+        )
+    if "torch_nudged_test_top1" in r:
+        lines.append(
+            f"test top-1 of torch from weights 1 ulp apart: {r['torch_nudged_test_top1']:.4f}"
         )
     return "\n".join(lines)

@@ -153,9 +153,10 @@ class _TfDataset:
     def steps_per_epoch(self, batch_size: int) -> int:
         return self.num_train_examples // batch_size
 
-    def _drain(self, batches, batch_size, *, paths=None, count, pad_to=0):
-        """Yields (images, labels, positions) of exactly batch_size rows (re-chunking batches
-        shortened by dropped files), recording dropped positions of `paths`."""
+    def _drain(self, batches, batch_size, *, paths=None, count, keep_partial=False):
+        """Yields `count` batches ({'image', 'label', 'position'}) of exactly batch_size rows,
+        re-chunking batches shortened by dropped files and recording the dropped `paths`;
+        keep_partial yields the short remainder at the end (evaluation pads it)."""
         buffer, expected = [], 0
         try:
             for batch in batches:
@@ -194,10 +195,10 @@ class _TfDataset:
                     "shard: remove them or set config.bad_images='skip'"
                 ) from None
             raise DataError(f"input pipeline failed: {str(e).splitlines()[0]}") from None
-        if pad_to and buffer and len(buffer[0]["label"]):
+        if keep_partial and buffer and len(buffer[0]["label"]):
             merged = {k: np.concatenate([b[k] for b in buffer]) for k in buffer[0]}
             yield merged
-        if count and not pad_to:
+        if count and not keep_partial:
             raise DataError(
                 f"{self.name}: ran out of readable training images ({len(self.skipped)} "
                 "unreadable files skipped)"
@@ -339,10 +340,10 @@ class FolderDataset(_TfDataset):
             dataclasses.replace(self.options, deterministic=True),
             drop_errors=self.options.bad_images == "skip",
         ).as_numpy_iterator()  # fmt: skip
-        return _pad_eval(
-            self._drain(batches, local, paths=self.eval_paths[rows], count=num_batches, pad_to=1),
-            local, num_batches, self.image_shape,
-        )  # fmt: skip
+        drained = self._drain(
+            batches, local, paths=self.eval_paths[rows], count=num_batches, keep_partial=True
+        )
+        return _pad_eval(drained, local, num_batches, self.image_shape)
 
 
 def _pad_eval(batches, local: int, num_batches: int, image_shape):
@@ -471,6 +472,6 @@ class TfdsDataset(_TfDataset):
             dataclasses.replace(self.options, deterministic=True), drop_errors=False,
         ).as_numpy_iterator()  # fmt: skip
         return _pad_eval(
-            self._drain(batches, local, count=num_batches, pad_to=1), local, num_batches,
+            self._drain(batches, local, count=num_batches, keep_partial=True), local, num_batches,
             self.image_shape,
         )  # fmt: skip

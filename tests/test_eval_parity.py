@@ -89,10 +89,14 @@ def test_parity_train_resnet18_float32_and_float64(capsys):
     """float32: the first steps agree to rounding noise (the trajectories then drift apart as
     fast as torch drifts from itself, see the README). float64: agreement to ~1e-12 over many
     steps, which shows the two updates are the same computation."""
-    result = parity(capsys, "resnet18", "--steps", "2", "--noise-floor")
+    result = parity(capsys, "resnet18", "--steps", "2", "--noise-floor", "--eval")
     assert len(result["jax_losses"]) == len(result["torch_losses"]) == 2
     assert result["max_rel_diff"] < 1e-4
     assert len(result["torch_losses_nudged"]) == 2
+    # Two nearly identical models: test predictions agree but for a handful of images.
+    assert result["test_agreement"] > 0.9
+    assert abs(result["test_top1_diff_points"]) <= 100 * (1 - result["test_agreement"])
+    assert 0 <= result["torch_nudged_test_top1"] <= 1
     result = parity(capsys, "resnet18", "--steps", "8", "--float64", "--lr", "0.01",
                     "--nesterov")  # fmt: skip
     assert result["max_rel_diff"] < 1e-9, result["max_rel_diff"]
@@ -100,9 +104,8 @@ def test_parity_train_resnet18_float32_and_float64(capsys):
 
 
 def test_parity_train_vgg11_bn_without_dropout(capsys):
-    result = parity(capsys, "vgg11_bn", "--steps", "2", "--eval", "--image-size", "32")
+    result = parity(capsys, "vgg11_bn", "--steps", "2", "--image-size", "32")
     assert result["max_rel_diff"] < 1e-4
-    assert abs(result["test_top1_diff_points"]) <= 100 * (1 - result["test_agreement"])
 
 
 def test_parity_train_bad_input(capsys):

@@ -153,14 +153,15 @@ class _TfDataset:
     def steps_per_epoch(self, batch_size: int) -> int:
         return self.num_train_examples // batch_size
 
-    def _drain(self, batches, batch_size, *, paths=None, count, keep_partial=False):
+    def _drain(self, batches, batch_size, *, paths=None, count, keep_partial=False, ordered=True):
         """Yields `count` batches ({'image', 'label', 'position'}) of exactly batch_size rows,
         re-chunking batches shortened by dropped files and recording the dropped `paths`;
-        keep_partial yields the short remainder at the end (evaluation pads it)."""
+        keep_partial yields the short remainder at the end (evaluation pads it). Gaps name
+        dropped files only when the pipeline keeps its order (`ordered`)."""
         buffer, expected = [], 0
         try:
             for batch in batches:
-                if paths is not None:
+                if paths is not None and ordered:
                     seen = batch["position"]
                     lost = np.setdiff1d(np.arange(expected, seen.max() + 1), seen)
                     for position in lost:
@@ -324,7 +325,13 @@ class FolderDataset(_TfDataset):
             self.augmentation.train, local, self.options,
             drop_errors=self.options.bad_images == "skip",
         ).as_numpy_iterator()  # fmt: skip
-        for batch in self._drain(batches, local, paths=self.train_paths[rows], count=steps - start):
+        for batch in self._drain(
+            batches,
+            local,
+            paths=self.train_paths[rows],
+            count=steps - start,
+            ordered=self.options.deterministic,
+        ):
             yield batch["image"], batch["label"]
 
     def eval_batches(self, batch_size: int):

@@ -38,7 +38,7 @@ class ProcessShard:
         return positions.reshape(-1, self.count, local)[:, self.index].reshape(-1)
 
 
-ProcessShard.SINGLE = ProcessShard()  # the whole batch: one process
+SINGLE_PROCESS = ProcessShard()  # the whole of every batch: a run with one process
 
 
 def padded_batches(images, labels, batch_size: int, num_batches: int):
@@ -74,7 +74,7 @@ class InMemoryDataset:
     eval_images: np.ndarray
     eval_labels: np.ndarray
     pad_crop: int = 0
-    shard: ProcessShard = ProcessShard.SINGLE
+    shard: ProcessShard = SINGLE_PROCESS
     # Batches are already normalized floats: nothing to do on the device.
     mean = None
     std = None
@@ -126,7 +126,7 @@ def _random_shift(images: np.ndarray, pad: int, shifts: np.ndarray) -> np.ndarra
     return np.stack([padded[i, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
 
 
-def load_digits(image_size: int, pad_crop: int = 0, shard: ProcessShard = ProcessShard.SINGLE):
+def load_digits(image_size: int, pad_crop: int = 0, shard: ProcessShard = SINGLE_PROCESS):
     """scikit-learn's handwritten digits: 1,797 real 8x8 grayscale scans, shipped with the
     package (no download). A fixed stratified 80/20 split; images upscaled bilinearly to
     image_size, replicated to 3 channels and normalized with the training split's statistics.
@@ -164,7 +164,7 @@ def load_digits(image_size: int, pad_crop: int = 0, shard: ProcessShard = Proces
     )
 
 
-def load_dataset(config, shard: ProcessShard = ProcessShard.SINGLE):
+def load_dataset(config, shard: ProcessShard = SINGLE_PROCESS):
     """The dataset a config names, reading `shard`'s part of every batch.
 
     Raises:

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from train import preprocess
-from train.data import ProcessShard
+from train.data import SINGLE_PROCESS, ProcessShard
 
 # Keep TensorFlow off the accelerators: it is only the input pipeline here.
 tf.config.set_visible_devices([], "GPU")
@@ -262,7 +262,7 @@ class FolderDataset(_TfDataset):
     processes read exactly the global batches one process would.
     """
 
-    def __init__(self, root, augmentation, options, shard=ProcessShard.SINGLE, eval_only=False):
+    def __init__(self, root, augmentation, options, shard=SINGLE_PROCESS, eval_only=False):
         super().__init__()
         root = Path(root)
         self.name = f"folder:{root}"
@@ -388,7 +388,7 @@ class TfdsDataset(_TfDataset):
     resume position before decoding.
     """
 
-    def __init__(self, spec, augmentation, options, shard=ProcessShard.SINGLE, *, data_dir=None,
+    def __init__(self, spec, augmentation, options, shard=SINGLE_PROCESS, *, data_dir=None,
                  manual_dir=None, download=True, eval_only=False):  # fmt: skip
         super().__init__()
         import tensorflow_datasets as tfds

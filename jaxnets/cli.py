@@ -18,11 +18,28 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, RuntimeError, OSE
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jaxnets", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_models(commands)
+    _add_convert(commands)
+    _add_eval(commands)
+    _add_parity(commands)
+    _add_bench(commands)
 
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except USER_ERRORS as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"jaxnets {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _add_models(commands) -> None:
     models = commands.add_parser("models", help="list architectures and their pretrained weights")
     models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(run=_models)
 
+
+def _add_convert(commands) -> None:
     convert = commands.add_parser(
         "convert",
         help="torchvision weights -> jaxnets export directory, or back with --from-jax",
@@ -46,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     convert.set_defaults(run=_convert)
 
+
+def _add_eval(commands) -> None:
     evaluate = commands.add_parser(
         "eval",
         help="top-1/top-5 of weights on a dataset, optionally against torchvision",
@@ -80,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(run=_eval)
 
+
+def _add_parity(commands) -> None:
     parity = commands.add_parser("parity", help="cross-framework parity runs")
     parity_kinds = parity.add_subparsers(dest="kind", required=True)
     parity_train = parity_kinds.add_parser(
@@ -115,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parity_train.add_argument("--json", action="store_true", help="print one JSON object")
     parity_train.set_defaults(run=_parity_train)
 
+
+def _add_bench(commands) -> None:
     bench = commands.add_parser(
         "bench",
         help="train/inference throughput, compile time and memory: jaxnets vs torchvision",
@@ -133,14 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--remat", action="store_true", help="ResNets: rematerialize blocks")
     bench.add_argument("--json", action="store_true", help="print JSON rows")
     bench.set_defaults(run=_bench)
-
-    args = parser.parse_args(argv)
-    try:
-        return args.run(args)
-    except USER_ERRORS as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"jaxnets {args.command}: error: {message}", file=sys.stderr)
-        return 2
 
 
 def _models(args) -> int:
@@ -165,9 +180,8 @@ def _convert(args) -> int:
     from jaxnets.convert import from_torchvision, save_state_dict, to_torchvision
     from jaxnets.export import load_variables, save_export
     from jaxnets.pretrained import list_weights, load_pretrained
-    from jaxnets.registry import create_model
 
-    create_model(args.name)  # an unknown name fails here, with the closest names
+    _known_model(args.name)
     if args.from_jax:
         variables, meta = load_variables(args.from_jax)
         if meta.get("arch") != args.name:
@@ -195,10 +209,9 @@ def _convert(args) -> int:
 
 
 def _eval(args) -> int:
-    from jaxnets.registry import create_model
     from train.evaluate import evaluate, format_report
 
-    create_model(args.name)  # an unknown name fails here, with the closest names
+    _known_model(args.name)
     result = evaluate(
         args.name, args.weights, args.data, batch_size=args.batch_size, resize=args.resize,
         crop=args.crop, compare_torch=args.compare_torch, limit=args.limit,
@@ -210,10 +223,9 @@ def _eval(args) -> int:
 
 
 def _parity_train(args) -> int:
-    from jaxnets.registry import create_model
     from train.parity import ParitySettings, format_report, run
 
-    create_model(args.name)
+    _known_model(args.name)
     if args.steps < 1:
         raise ValueError(f"--steps {args.steps}: expected >= 1")
     settings = ParitySettings(
@@ -230,11 +242,10 @@ def _parity_train(args) -> int:
 
 def _bench(args) -> int:
     from jaxnets.bench import BenchSettings, format_table, run
-    from jaxnets.registry import create_model
 
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     for name in models:
-        create_model(name)  # an unknown name fails here, with the closest names
+        _known_model(name)
     frameworks = tuple(f.strip() for f in args.frameworks.split(","))
     unknown = set(frameworks) - {"jaxnets", "torch", "torch.compile"}
     if unknown or "jaxnets" not in frameworks:
@@ -249,6 +260,13 @@ def _bench(args) -> int:
     rows = run(settings)
     print(json.dumps(rows) if args.json else format_table(rows))
     return 0
+
+
+def _known_model(name: str) -> None:
+    """Fails before any work for an unknown architecture, naming the closest ones."""
+    from jaxnets.registry import create_model
+
+    create_model(name)
 
 
 def _head_classes(name: str, params: dict) -> int:

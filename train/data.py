@@ -54,6 +54,17 @@ def padded_batches(images, labels, batch_size: int, num_batches: int):
         yield x, y, mask
 
 
+def normalize_on_host(images: np.ndarray, dataset, dtype=np.float32) -> np.ndarray:
+    """A dataset's batch as normalized floats on the host: what `jaxnets eval` and `parity`
+    feed, identically, to both frameworks (tf.data sources deliver uint8; digits arrive
+    normalized). Training normalizes on the device instead (train.train.normalize)."""
+    if dataset.mean is None:
+        return images.astype(dtype)
+    mean = np.asarray(dataset.mean, np.float32) * 255
+    std = np.asarray(dataset.std, np.float32) * 255
+    return ((images.astype(np.float32) - mean) / std).astype(dtype)
+
+
 @dataclasses.dataclass
 class InMemoryDataset:
     """Normalized float32 NHWC images and int32 labels, held in host memory.

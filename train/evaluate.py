@@ -81,6 +81,7 @@ def evaluate(
 
     import jaxnets
     from jaxnets.registry import head_module
+    from train.data import normalize_on_host
 
     variables, preprocessing = load_weights(name, weights)
     if resize is not None:
@@ -105,16 +106,13 @@ def evaluate(
             raise ValueError(
                 f"{data} has {dataset.num_classes} classes, the {name} head only {num_classes}"
             )
-        mean = np.asarray(dataset.mean, np.float32) * 255
-        std = np.asarray(dataset.std, np.float32) * 255
         ours, theirs, labels = [], [], []
         seconds, timed_images, seen = 0.0, 0, 0
         with jax.default_matmul_precision("highest"):
             for images, batch_labels, mask in dataset.eval_batches(batch_size):
                 if limit and seen >= limit:
                     break
-                # One normalized float32 batch, fed to both frameworks.
-                batch = ((images.astype(np.float32) - mean) / std).astype(np.float32)
+                batch = normalize_on_host(images, dataset)  # fed to both frameworks
                 start = time.perf_counter()
                 logits = np.asarray(logits_of(variables, jnp.asarray(batch)))
                 seconds += time.perf_counter() - start
@@ -122,7 +120,7 @@ def evaluate(
                 ours.append(logits[mask])
                 labels.append(batch_labels[mask])
                 if with_torch:
-                    theirs.append(_torch_logits(torch_model, batch)[mask])
+                    theirs.append(torch_logits(torch_model, batch)[mask])
                 seen += int(mask.sum())
         n = min(limit or seen, seen)
         theirs = np.concatenate(theirs)[:n] if with_torch else None
@@ -182,7 +180,8 @@ def _torch_model(name: str, variables, num_classes: int):
     return model.eval()
 
 
-def _torch_logits(model, batch: np.ndarray) -> np.ndarray:
+def torch_logits(model, batch: np.ndarray) -> np.ndarray:
+    """torchvision's logits for an NHWC float batch."""
     import torch
 
     with torch.no_grad():

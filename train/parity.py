@@ -17,6 +17,8 @@ import dataclasses
 
 import numpy as np
 
+from train.data import normalize_on_host
+
 
 @dataclasses.dataclass
 class ParitySettings:
@@ -51,15 +53,6 @@ def _config(name: str, s: ParitySettings, steps_per_epoch: int):
         "dropout": 0.0,
     })  # fmt: skip
     return config
-
-
-def _host_normalize(images: np.ndarray, dataset) -> np.ndarray:
-    """Float32 batches for both frameworks (tf.data sources deliver uint8)."""
-    if dataset.mean is None:
-        return images.astype(np.float32)
-    mean = np.asarray(dataset.mean, np.float32) * 255
-    std = np.asarray(dataset.std, np.float32) * 255
-    return ((images.astype(np.float32) - mean) / std).astype(np.float32)
 
 
 def run(name: str, settings: ParitySettings) -> dict:
@@ -158,7 +151,7 @@ def _run(name: str, settings: ParitySettings) -> dict:
             for images, labels in dataset.train_batches(settings.seed, epoch, 0, config.batch_size):
                 if step == settings.steps:
                     break
-                batch = _host_normalize(images, dataset).astype(dtype)
+                batch = normalize_on_host(images, dataset, dtype)
                 params, batch_stats, opt_state, loss = jax_step(
                     params, batch_stats, opt_state, jnp.asarray(batch), jnp.asarray(labels)
                 )
@@ -184,50 +177,37 @@ def _run(name: str, settings: ParitySettings) -> dict:
         result["torch_losses_nudged"] = nudged_losses
         result["torch_noise_max_rel_diff"] = float(floor.max())
     if settings.evaluate:
-        result.update(_test_accuracies(model, params, batch_stats, torch_model, dataset,
-                                       settings.batch_size, dtype))  # fmt: skip
+        from train.evaluate import torch_logits
+
+        def test_top1_predictions(logits_of):
+            return _test_predictions(logits_of, dataset, settings.batch_size, dtype)
+
+        apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+        variables = {"params": params, "batch_stats": batch_stats}
+        with jax.default_matmul_precision("highest"):
+            ours, labels = test_top1_predictions(lambda x: apply(variables, x))
+        theirs, _ = test_top1_predictions(lambda x: torch_logits(torch_model.eval(), x))
+        jax_top1, torch_top1 = float(np.mean(ours == labels)), float(np.mean(theirs == labels))
+        result.update({
+            "jax_test_top1": jax_top1, "torch_test_top1": torch_top1,
+            "test_top1_diff_points": 100 * (jax_top1 - torch_top1),
+            "test_agreement": float(np.mean(ours == theirs)),
+        })  # fmt: skip
         if nudged is not None:
-            nudged_top1 = _torch_test_top1(nudged, dataset, settings.batch_size, dtype)
-            result["torch_nudged_test_top1"] = nudged_top1
+            nudged_predictions, _ = test_top1_predictions(lambda x: torch_logits(nudged.eval(), x))
+            result["torch_nudged_test_top1"] = float(np.mean(nudged_predictions == labels))
     return result
 
 
-def _test_accuracies(model, params, batch_stats, torch_model, dataset, batch_size, dtype):
-    import jax
-    import torch
-
-    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    torch_model.eval()
-    correct_jax = correct_torch = agree = count = 0
-    with jax.default_matmul_precision("highest"), torch.no_grad():
-        for images, labels, mask in dataset.eval_batches(batch_size):
-            batch = _host_normalize(images, dataset).astype(dtype)
-            ours = np.asarray(apply({"params": params, "batch_stats": batch_stats}, batch))
-            theirs = torch_model(torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()).numpy()
-            ours, theirs, labels = ours.argmax(-1)[mask], theirs.argmax(-1)[mask], labels[mask]
-            correct_jax += int((ours == labels).sum())
-            correct_torch += int((theirs == labels).sum())
-            agree += int((ours == theirs).sum())
-            count += len(labels)
-    return {
-        "jax_test_top1": correct_jax / count, "torch_test_top1": correct_torch / count,
-        "test_top1_diff_points": 100 * (correct_jax - correct_torch) / count,
-        "test_agreement": agree / count,
-    }  # fmt: skip
-
-
-def _torch_test_top1(torch_model, dataset, batch_size, dtype) -> float:
-    import torch
-
-    torch_model.eval()
-    correct = count = 0
-    with torch.no_grad():
-        for images, labels, mask in dataset.eval_batches(batch_size):
-            batch = torch.from_numpy(_host_normalize(images, dataset).astype(dtype))
-            predicted = torch_model(batch.permute(0, 3, 1, 2).contiguous()).numpy().argmax(-1)
-            correct += int((predicted[mask] == labels[mask]).sum())
-            count += int(mask.sum())
-    return correct / count
+def _test_predictions(logits_of, dataset, batch_size: int, dtype):
+    """Top-1 predictions of `logits_of` (NHWC float batch -> logits) on the test split, and the
+    labels."""
+    predictions, labels = [], []
+    for images, batch_labels, mask in dataset.eval_batches(batch_size):
+        logits = np.asarray(logits_of(normalize_on_host(images, dataset, dtype)))
+        predictions.append(logits.argmax(-1)[mask])
+        labels.append(batch_labels[mask])
+    return np.concatenate(predictions), np.concatenate(labels)
 
 
 def format_report(r: dict) -> str:

@@ -131,7 +131,8 @@ def _add_parity(commands) -> None:
     )  # fmt: skip
     parity_train.add_argument(
         "--noise-floor", action="store_true",
-        help="also train torch from weights 1 ulp away: its own drift under float rounding",
+        help="also train torch from weights 1 ulp away (its own drift under float rounding) and "
+        "measure the first float32 gradient of both frameworks against float64",
     )  # fmt: skip
     parity_train.add_argument("--json", action="store_true", help="print one JSON object")
     parity_train.set_defaults(run=_parity_train)

@@ -73,7 +73,7 @@ def _run(name: str, settings: ParitySettings) -> dict:
     import torchvision
 
     import jaxnets
-    from jaxnets.convert import from_torchvision
+    from jaxnets.convert import from_torchvision, to_torchvision
     from train import data as data_lib
     from train.optim import learning_rate_schedule, make_optimizer
 
@@ -102,17 +102,19 @@ def _run(name: str, settings: ParitySettings) -> dict:
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     opt_state = tx.init(params)
 
+    def loss_fn(params, batch_stats, images, labels):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": batch_stats}, images, train=True,
+            mutable=["batch_stats"],
+        )  # fmt: skip
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, updates.get("batch_stats", batch_stats)
+
     @jax.jit
     def jax_step(params, batch_stats, opt_state, images, labels):
-        def loss_fn(params):
-            logits, updates = model.apply(
-                {"params": params, "batch_stats": batch_stats}, images, train=True,
-                mutable=["batch_stats"],
-            )  # fmt: skip
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            return loss, updates.get("batch_stats", batch_stats)
-
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, batch_stats, images, labels
+        )
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
@@ -143,6 +145,18 @@ def _run(name: str, settings: ParitySettings) -> dict:
             for p in nudged.parameters():
                 p.copy_(torch.nextafter(p, torch.full_like(p, float("inf"))))
         nudged_sgd = torch_sgd(nudged)
+
+    first_gradient_errors = {}
+    if settings.noise_floor and not settings.float64:
+        images, labels = next(iter(dataset.train_batches(settings.seed, 0, 0, config.batch_size)))
+        batch = normalize_on_host(images, dataset, dtype)
+        with jax.default_matmul_precision("highest"):
+            jax_gradient, _ = jax.jit(jax.grad(loss_fn, has_aux=True))(
+                params, batch_stats, jnp.asarray(batch), jnp.asarray(labels)
+            )
+        # Gradients share the parameters' tree, so the converter names them as torch does.
+        jax_gradient = to_torchvision(name, {"params": jax_gradient, "batch_stats": batch_stats})
+        first_gradient_errors = _float32_gradient_errors(torch_model, jax_gradient, batch, labels)
 
     jax_losses, torch_losses, nudged_losses = [], [], []
     step = 0
@@ -176,6 +190,7 @@ def _run(name: str, settings: ParitySettings) -> dict:
         floor = np.abs(np.array(nudged_losses) - torch_losses) / np.abs(torch_losses)
         result["torch_losses_nudged"] = nudged_losses
         result["torch_noise_max_rel_diff"] = float(floor.max())
+        result.update(first_gradient_errors)
     if settings.evaluate:
         from train.evaluate import torch_logits
 
@@ -197,6 +212,39 @@ def _run(name: str, settings: ParitySettings) -> dict:
             nudged_predictions, _ = test_top1_predictions(lambda x: torch_logits(nudged.eval(), x))
             result["torch_nudged_test_top1"] = float(np.mean(nudged_predictions == labels))
     return result
+
+
+def _float32_gradient_errors(torch_model, jax_gradient, batch, labels) -> dict:
+    """How accurate float32 itself is on this problem: the first batch's gradient at the initial
+    weights, from torch in float32 and from jaxnets in float32 (`jax_gradient`, torch keys), each
+    against torch's float64 gradient (relative error of the whole gradient vector).
+
+    In float32, a ReLU input within rounding of zero can switch sides; with small feature maps
+    one such unit moves the whole gradient measurably (README, Parity). Two float32
+    implementations cannot agree more closely than float32 agrees with the exact gradient."""
+    import torch
+
+    def torch_gradient(module, dtype):
+        module = copy.deepcopy(module).to(dtype).train()  # a copy: its BN statistics move
+        images = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(dtype)
+        loss = torch.nn.functional.cross_entropy(
+            module(images), torch.from_numpy(labels.astype(np.int64))
+        )
+        loss.backward()
+        return {k: p.grad.double().numpy() for k, p in module.named_parameters()}
+
+    exact = torch_gradient(torch_model, torch.float64)
+    theirs = torch_gradient(torch_model, torch.float32)
+    ours = {k: np.asarray(jax_gradient[k], np.float64) for k in exact}
+
+    def relative_error(gradient):
+        error = sum(float(np.sum((gradient[k] - exact[k]) ** 2)) for k in exact)
+        return float(np.sqrt(error / sum(float(np.sum(g**2)) for g in exact.values())))
+
+    return {
+        "torch_float32_grad_rel_err": relative_error(theirs),
+        "jax_float32_grad_rel_err": relative_error(ours),
+    }
 
 
 def _test_predictions(logits_of, dataset, batch_size: int, dtype):
@@ -222,6 +270,11 @@ def format_report(r: dict) -> str:
         lines.append(
             f"torch vs torch with weights 1 ulp apart: max_rel_diff "
             f"{r['torch_noise_max_rel_diff']:.2e} (the float noise floor of this run)"
+        )
+    if "torch_float32_grad_rel_err" in r:
+        lines.append(
+            f"first gradient in float32 vs float64 (relative error): torch "
+            f"{r['torch_float32_grad_rel_err']:.2e}, jax {r['jax_float32_grad_rel_err']:.2e}"
         )
     if "jax_test_top1" in r:
         lines.append(

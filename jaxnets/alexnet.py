@@ -11,6 +11,7 @@ from flax import linen as nn
 from jaxnets.layers import (
     adaptive_avg_pool,
     flatten_nchw,
+    max_pool,
     pad2,
     torch_default_bias,
     torch_default_kernel,
@@ -71,7 +72,7 @@ class AlexNet(nn.Module):
             )(x)
             x = nn.relu(x)
             if pool:
-                x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+                x = max_pool(x, 3, stride=2)
         x = flatten_nchw(adaptive_avg_pool(x, (6, 6)))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         x = nn.relu(self._linear(x, 4096, "classifier_1"))

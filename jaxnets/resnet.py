@@ -18,6 +18,7 @@ from jaxnets.layers import (
     BatchNorm,
     PointwiseConv,
     kaiming_normal_fan_out,
+    max_pool,
     pad2,
     torch_default_bias,
     torch_default_kernel,
@@ -143,7 +144,7 @@ class ResNet(nn.Module):
         x = x.astype(self.dtype)
         x = conv(64, (7, 7), 2, pad2(3), name="conv1")(x)
         x = nn.relu(norm(name="bn1")(x, not train))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pad2(1))
+        x = max_pool(x, 3, stride=2, padding=1)
 
         # static_argnums counts self: `train` (argument 2) selects the BatchNorm mode.
         block = nn.remat(self.block, static_argnums=(2,)) if self.remat else self.block

@@ -8,7 +8,14 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxnets.layers import BatchNorm, adaptive_avg_pool, flatten_nchw, kaiming_normal_fan_out, pad2
+from jaxnets.layers import (
+    BatchNorm,
+    adaptive_avg_pool,
+    flatten_nchw,
+    kaiming_normal_fan_out,
+    max_pool,
+    pad2,
+)
 from jaxnets.registry import register_model
 
 # torchvision's cfgs: output channels of each 3x3 convolution, "M" for a 2x2 max pool.
@@ -53,7 +60,7 @@ class VGG(nn.Module):
         index = 0
         for v in self.cfg:
             if v == "M":
-                x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+                x = max_pool(x, 2, stride=2)
                 index += 1
                 continue
             x = nn.Conv(

@@ -95,7 +95,7 @@ def main():
         return float((g - exact_gradient).norm() / exact_gradient.norm())
 
     print(f"float32 gradient vs float64: relative error {relative(float32_gradient):.2e}")
-    print(f"float64 gradient with only those inputs' signs flipped: {relative(flipped_gradient):.2e}")
+    print(f"float64 gradient, only those inputs' signs flipped: {relative(flipped_gradient):.2e}")
 
 
 if __name__ == "__main__":

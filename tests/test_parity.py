@@ -10,7 +10,7 @@ from conftest import ALL_MODELS, nhwc, relative_error, torchvision_model
 
 import jaxnets
 from jaxnets.convert import from_torchvision, to_torchvision
-from jaxnets.layers import adaptive_avg_pool
+from jaxnets.layers import adaptive_avg_pool, max_pool
 
 TOLERANCE = 1e-4  # max |diff| relative to the largest |logit|
 
@@ -74,6 +74,39 @@ def test_adaptive_avg_pool_matches_torch_at_every_size(in_size):
         expected = torch.nn.functional.adaptive_avg_pool2d(x, out).numpy().transpose(0, 2, 3, 1)
         actual = adaptive_avg_pool(jnp.asarray(nhwc(x)), out)
         np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape, window, stride, padding",
+    [((2, 16, 16, 3), 3, 2, 1), ((2, 15, 17, 3), 3, 2, 1), ((2, 13, 13, 4), 3, 2, 0),
+     ((2, 9, 11, 2), 2, 2, 0), ((1, 6, 6, 2), 3, 1, 1)],
+)  # fmt: skip
+def test_max_pool_forward_and_gradient_are_bit_identical_to_torch(shape, window, stride, padding):
+    """Small integers make ties everywhere (torch gives them to the first maximum in window
+    order); a NaN wins its windows; overlapping windows add their gradients in torch's order."""
+    generator = torch.Generator().manual_seed(0)
+    x = (
+        torch.randint(0, 3, shape, generator=generator).float()
+        + 0.1 * torch.randn(shape, generator=generator).round()
+    )
+    x[0, 1, 1, 0] = float("nan")
+    x_torch = x.permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+    expected = torch.nn.functional.max_pool2d(x_torch, window, stride, padding)
+    upstream = torch.randn(expected.shape, generator=generator)
+    (expected_grad,) = torch.autograd.grad(expected, x_torch, upstream)
+
+    actual, vjp = jax.vjp(lambda v: max_pool(v, window, stride, padding), jnp.asarray(x.numpy()))
+    (actual_grad,) = vjp(jnp.asarray(nhwc(upstream)))
+    np.testing.assert_array_equal(actual, nhwc(expected.detach()))
+    np.testing.assert_array_equal(actual_grad, nhwc(expected_grad))
+    assert np.isnan(actual).any()  # the NaN reached the output, as in torch
+
+
+def test_max_pool_rejects_what_torch_rejects():
+    with pytest.raises(ValueError, match="input 1x1 is smaller than one window"):
+        max_pool(jnp.zeros((1, 1, 1, 4)), 3, stride=2)
+    with pytest.raises(ValueError, match="padding 2 is over half the 3x3 window"):
+        max_pool(jnp.zeros((1, 8, 8, 4)), 3, stride=2, padding=2)
 
 
 def test_batchnorm_groups_normalize_each_group_on_its_own(highest_precision):

@@ -49,7 +49,9 @@ def test_every_config_parses_and_builds_model_and_optimizer(path):
     validate(config, device_count=1)
     model = create_model(config, num_classes=10, device_count=1)
     shapes = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+        lambda: model.init(
+            jax.random.key(0), jnp.zeros((1, config.image_size, config.image_size, 3)), train=False
+        )
     )
     tx = make_optimizer(config, steps_per_epoch=10)
     opt_state = jax.eval_shape(tx.init, shapes["params"])

@@ -1,0 +1,140 @@
+"""Forward+backward time of single ResNet operations: jaxnets (with and without its XLA CPU flags)
+against torch eager, on the same shapes. Where `jaxnets bench` says how fast a train step is,
+this says where its time goes.
+
+Each row times forward + backward (input and weight gradients; only the weight gradient for the
+stem, whose input needs none) of one operation at batch 16 and ResNet's 128x128 shapes. The
+"XLA defaults" column runs in a child process with JAXNETS_XLA_FLAGS=0, so that XLA:CPU starts
+with jaxlib's own flags (convolutions through YNNPACK), and uses XLA's reduce_window max pool.
+
+    python scripts/bench_ops.py [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+BATCH = 16
+# name: (input NHWC shape, kernel size, stride, padding, output channels, input needs gradient)
+CONVOLUTIONS = {
+    "stem conv 7x7/2, 3->64 at 128": ((BATCH, 128, 128, 3), 7, 2, 3, 64, False),
+    "conv 3x3, 64->64 at 32": ((BATCH, 32, 32, 64), 3, 1, 1, 64, True),
+    "conv 3x3/2, 64->128 at 32": ((BATCH, 32, 32, 64), 3, 2, 1, 128, True),
+    "conv 3x3, 128->128 at 16": ((BATCH, 16, 16, 128), 3, 1, 1, 128, True),
+    "conv 3x3, 256->256 at 8": ((BATCH, 8, 8, 256), 3, 1, 1, 256, True),
+    "conv 3x3, 512->512 at 4": ((BATCH, 4, 4, 512), 3, 1, 1, 512, True),
+}
+POOL = ("max pool 3x3/2 at 64, 64 channels", (BATCH, 64, 64, 64))
+
+
+def milliseconds(fn, steps: int, *args) -> float:
+    fn(*args)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn(*args)
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def jax_times(steps: int, library_pool: bool) -> dict[str, float]:
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+
+    from jaxnets.layers import max_pool
+
+    rng = np.random.default_rng(0)
+    times = {}
+    for name, (shape, k, stride, pad, features, input_gradient) in CONVOLUTIONS.items():
+        x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+        w = jnp.asarray(rng.standard_normal((k, k, shape[-1], features)) * 0.05, jnp.float32)
+
+        def conv(x, w, stride=stride, pad=pad):
+            return jax.lax.conv_general_dilated(
+                x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )  # fmt: skip
+
+        wrt = (0, 1) if input_gradient else 1
+        step = jax.jit(jax.grad(lambda x, w, conv=conv: jnp.sum(conv(x, w) ** 2), argnums=wrt))
+        times[name] = milliseconds(lambda *a, f=step: jax.block_until_ready(f(*a)), steps, x, w)
+
+    label, shape = POOL
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    pool = (
+        (lambda x: max_pool(x, 3, stride=2, padding=1))
+        if library_pool
+        else (lambda x: nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))))
+    )
+    step = jax.jit(jax.grad(lambda x: jnp.sum(pool(x) ** 2)))
+    times[label] = milliseconds(lambda a: jax.block_until_ready(step(a)), steps, x)
+    return times
+
+
+def torch_times(steps: int) -> dict[str, float]:
+    import torch
+
+    rng = np.random.default_rng(0)
+    times = {}
+    for name, (shape, k, stride, pad, features, input_gradient) in CONVOLUTIONS.items():
+        n, h, w_, c = shape
+        x = torch.tensor(rng.standard_normal((n, c, h, w_)), dtype=torch.float32)
+        x.requires_grad_(input_gradient)
+        w = torch.tensor(rng.standard_normal((features, c, k, k)) * 0.05, dtype=torch.float32)
+        w.requires_grad_(True)
+        wrt = (x, w) if input_gradient else (w,)
+
+        def step(x=x, w=w, wrt=wrt, stride=stride, pad=pad):
+            y = torch.nn.functional.conv2d(x, w, stride=stride, padding=pad)
+            torch.autograd.grad((y**2).sum(), wrt)
+
+        times[name] = milliseconds(step, steps)
+
+    label, (n, h, w_, c) = POOL
+    x = torch.tensor(rng.standard_normal((n, c, h, w_)), dtype=torch.float32, requires_grad=True)
+
+    def pool_step():
+        y = torch.nn.functional.max_pool2d(x, 3, 2, 1)
+        torch.autograd.grad((y**2).sum(), (x,))
+
+    times[label] = milliseconds(pool_step, steps)
+    return times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:  # XLA's defaults: started with JAXNETS_XLA_FLAGS=0
+        print(json.dumps(jax_times(args.steps, library_pool=False)))
+        return
+
+    env = {**os.environ, "JAXNETS_XLA_FLAGS": "0"}
+    env.pop("XLA_FLAGS", None)
+    child = subprocess.run(
+        [sys.executable, __file__, "--child", "--steps", str(args.steps)], env=env,
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    defaults = json.loads(child.stdout.strip().splitlines()[-1])
+    import torch  # before jaxnets' JAX work, as elsewhere (PORTING.md)
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    theirs = torch_times(args.steps)
+    ours = jax_times(args.steps, library_pool=True)
+    print("| operation, batch 16 (forward + backward) | XLA defaults ms | jaxnets ms | torch ms "
+          "| torch / jaxnets |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|")
+    for name in ours:
+        print(f"| {name} | {defaults[name]:.1f} | {ours[name]:.1f} | {theirs[name]:.1f} "
+              f"| {theirs[name] / ours[name]:.2f}x |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""jaxnets' CPU XLA flags: set on import, never over the user's own, and in effect."""
+
+import json
+import os
+import subprocess
+import sys
+
+from jaxnets import xla_flags
+
+CONVOLUTION_LIBRARY = """
+import json, os
+import jaxnets, jax, jax.numpy as jnp
+conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+hlo = jax.jit(conv).lower(jnp.ones((1, 8, 8, 64)), jnp.ones((3, 3, 64, 64))).compile().as_text()
+print(json.dumps({"ynn": "ynn_fusion" in hlo, "flags": os.environ.get("XLA_FLAGS", "")}))
+"""
+
+
+def test_set_cpu_flags_appends_and_respects_the_users_flags():
+    environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    added = xla_flags.set_cpu_flags(environ)
+    assert added == ["--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"]
+    assert environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", *added]
+    assert xla_flags.set_cpu_flags(environ) == []  # once only
+
+    users = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=individual_dot"}
+    assert xla_flags.set_cpu_flags(users) == []
+    assert users["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+
+    opted_out = {"JAXNETS_XLA_FLAGS": "0"}
+    assert xla_flags.set_cpu_flags(opted_out) == [] and "XLA_FLAGS" not in opted_out
+
+
+def run_fresh(extra_env: dict) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXNETS_XLA_FLAGS")}
+    result = subprocess.run(
+        [sys.executable, "-c", CONVOLUTION_LIBRARY], env={**env, **extra_env},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_importing_jaxnets_takes_convolutions_away_from_ynnpack():
+    """In a fresh process: with jaxnets' flags XLA:CPU compiles convolutions itself; with
+    JAXNETS_XLA_FLAGS=0 it hands them to YNNPACK, jaxlib's default (so the flag is what
+    changed it)."""
+    assert run_fresh({}) == {
+        "ynn": False, "flags": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+    }  # fmt: skip
+    assert run_fresh({"JAXNETS_XLA_FLAGS": "0"})["ynn"] is True

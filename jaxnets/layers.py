@@ -166,7 +166,7 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
             f"max pool {window}x{window}, padding {padding}: input {h}x{w} is smaller than one "
             "window (a larger image is needed)"
         )
-    return _max_pool(x, window, stride, padding)
+    return _max_pool(x, window, stride, padding, (h, w))
 
 
 def _pooled_size(size: int, window: int, stride: int, padding: int) -> int:
@@ -186,7 +186,7 @@ def _max_pool_taps(x, window, stride, padding):
             yield jax.lax.slice(padded, (0, i, j, 0), end, (1, stride, stride, 1))
 
 
-def _max_pool_forward(x, window, stride, padding):
+def _max_pool_forward(x, window, stride, padding, input_hw):
     best = winner = None
     for tap_index, tap in enumerate(_max_pool_taps(x, window, stride, padding)):
         if best is None:
@@ -195,12 +195,11 @@ def _max_pool_forward(x, window, stride, padding):
         takes = (tap > best) | jnp.isnan(tap)  # torch: `val > maxval || isnan(val)`
         best = jnp.where(takes, tap, best)
         winner = jnp.where(takes, jnp.int8(tap_index), winner)
-    return best, (winner, x.shape)
+    return best, winner
 
 
-def _max_pool_backward(window, stride, padding, residuals, gradient):
-    winner, (n, h, w, c) = residuals
-    oh, ow = gradient.shape[1:3]
+def _max_pool_backward(window, stride, padding, input_hw, winner, gradient):
+    (n, oh, ow, c), (h, w) = gradient.shape, input_hw
     padded_h, padded_w = h + 2 * padding, w + 2 * padding
     zero = jnp.zeros((), gradient.dtype)
     total = jnp.zeros((n, padded_h, padded_w, c), gradient.dtype)
@@ -215,9 +214,10 @@ def _max_pool_backward(window, stride, padding, residuals, gradient):
     return (total[:, padding : padding + h, padding : padding + w],)
 
 
+# input_hw, static like the window, gives the backward pass the input's size (several sizes
+# pool to the same output).
 _max_pool = jax.custom_vjp(
-    lambda x, window, stride, padding: _max_pool_forward(x, window, stride, padding)[0],
-    nondiff_argnums=(1, 2, 3),
+    lambda x, *static: _max_pool_forward(x, *static)[0], nondiff_argnums=(1, 2, 3, 4)
 )
 _max_pool.defvjp(_max_pool_forward, _max_pool_backward)
 

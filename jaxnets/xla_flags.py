@@ -1,12 +1,13 @@
 """XLA flags jaxnets sets for the CPU backend, before JAX starts one.
 
-Since jaxlib 0.10, XLA:CPU hands convolutions to YNNPACK (`xla_cpu_experimental_ynn_fusion_type`
-includes `individual_convolution`). On the x86 CPUs we measured, YNNPACK's convolutions are
-2-3.5x slower than XLA's own (Eigen) ones on ResNet shapes: a 3x3, 64-channel convolution at 32x32,
-batch 16, takes 18 ms forward and 35 ms for the weight gradient through YNNPACK, 8 and 10 ms
-without, as fast as torch's oneDNN. jaxnets therefore takes convolutions out of YNNPACK's share
-and leaves its matrix products where they are; the ResNet train step runs ~1.5x faster (README,
-Performance). The flag only concerns the CPU backend.
+jaxlib 0.10's XLA:CPU hands convolutions to YNNPACK by default
+(`xla_cpu_experimental_ynn_fusion_type` includes `individual_convolution`). On the x86 CPU we
+measured (this project's 2-core machine), YNNPACK's convolutions are slower than XLA's own
+(Eigen) ones on every ResNet shape, 1.3-2.6x for forward + backward: a 3x3, 64-channel
+convolution at 32x32, batch 16, takes 18 ms forward and 35 ms for the weight gradient through
+YNNPACK, 8 and 10 ms without, as fast as torch's oneDNN. jaxnets therefore takes convolutions
+out of YNNPACK's share and leaves its matrix products where they are; ResNet train steps run
+1.3-1.6x faster (README, Performance). The flag only concerns the CPU backend.
 
 XLA reads XLA_FLAGS when JAX starts its first backend, so this runs when jaxnets is imported and
 has no effect on a process that ran JAX computations before. A flag the user already set in

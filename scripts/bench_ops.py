@@ -17,9 +17,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
+
+from jaxnets.bench import _timed  # sets jaxnets' XLA flags; the child opts out
 
 BATCH = 16
 # name: (input NHWC shape, kernel size, stride, padding, output channels, input needs gradient)
@@ -35,11 +36,8 @@ POOL = ("max pool 3x3/2 at 64, 64 channels", (BATCH, 64, 64, 64))
 
 
 def milliseconds(fn, steps: int, *args) -> float:
-    fn(*args)
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn(*args)
-    return (time.perf_counter() - start) / steps * 1e3
+    """Milliseconds per fn(*args) after one warm-up call (fn must synchronize)."""
+    return _timed(lambda: fn(*args), steps, warmup=1) * 1e3
 
 
 def jax_times(steps: int, library_pool: bool) -> dict[str, float]:

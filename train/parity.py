@@ -128,10 +128,7 @@ def _run(name: str, settings: ParitySettings) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(
-            module(torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()),
-            torch.from_numpy(labels.astype(np.int64)),
-        )
+        loss = _torch_loss(module, batch, labels)
         loss.backward()
         optimizer.step()
         return float(loss.detach())
@@ -214,6 +211,17 @@ def _run(name: str, settings: ParitySettings) -> dict:
     return result
 
 
+def _torch_loss(module, batch, labels, dtype=None):
+    """torch's mean cross-entropy of `module` on an NHWC numpy batch."""
+    import torch
+
+    images = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
+    return torch.nn.functional.cross_entropy(
+        module(images if dtype is None else images.to(dtype)),
+        torch.from_numpy(labels.astype(np.int64)),
+    )
+
+
 def _float32_gradient_errors(torch_model, jax_gradient, batch, labels) -> dict:
     """How accurate float32 itself is on this problem: the first batch's gradient at the initial
     weights, from torch in float32 and from jaxnets in float32 (`jax_gradient`, torch keys), each
@@ -226,11 +234,7 @@ def _float32_gradient_errors(torch_model, jax_gradient, batch, labels) -> dict:
 
     def torch_gradient(module, dtype):
         module = copy.deepcopy(module).to(dtype).train()  # a copy: its BN statistics move
-        images = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(dtype)
-        loss = torch.nn.functional.cross_entropy(
-            module(images), torch.from_numpy(labels.astype(np.int64))
-        )
-        loss.backward()
+        _torch_loss(module, batch, labels, dtype).backward()
         return {k: p.grad.double().numpy() for k, p in module.named_parameters()}
 
     exact = torch_gradient(torch_model, torch.float64)

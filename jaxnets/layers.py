@@ -146,11 +146,11 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
 
     The forward pass is the same maximum as nn.max_pool. The backward pass is written out
     because XLA:CPU differentiates reduce_window(max) through index arrays the size of the
-    padded input and a scatter: 80 ms for ResNet's stem pool at batch 16, 128x128, against
-    8 ms here and 21 ms in torch. Here the forward pass keeps which of the window's taps won (an
-    int8 per output), and the backward pass places each tap's share of the gradient back with
-    a strided pad. Like torch, the first maximum in window order wins a tie, a NaN wins over
-    numbers, and an input that is the maximum of several windows sums their gradients in
+    padded input and a scatter: 82 ms for ResNet's stem pool at batch 16, 128x128, against
+    18 ms here and 22 ms in torch. Here the forward pass keeps which of the window's taps won
+    (an int8 per output), and the backward pass places each tap's share of the gradient back
+    at its input position. Like torch, the first maximum in window order wins a tie, a NaN wins
+    over numbers, and an input that is the maximum of several windows sums their gradients in
     torch's order (output positions in row-major order), so gradients are bit-identical to
     torch's.
 
@@ -195,23 +195,65 @@ def _max_pool_forward(x, window, stride, padding, input_hw):
         takes = (tap > best) | jnp.isnan(tap)  # torch: `val > maxval || isnan(val)`
         best = jnp.where(takes, tap, best)
         winner = jnp.where(takes, jnp.int8(tap_index), winner)
+    if window > stride:  # overlapping windows: each winner is read by several taps' shares
+        winner = _computed_once(winner)
     return best, winner
+
+
+def _computed_once(winner: jax.Array) -> jax.Array:
+    """winner, as XLA will compute it once and store it.
+
+    XLA copies cheap elementwise producers into every fusion that reads them, so the backward
+    pass, which reads each window's winner once per tap, recomputed the window's whole
+    compare-and-select chain each time: 81 tap reads per output of a 3x3 window, 30 ms of
+    ResNet-18's stem backward at batch 16 on this project's CPU. A product with the identity
+    matrix is an operation XLA does not fuse into its consumers, so the winner is stored; the
+    product is exact for the small integers a winner holds (lax.optimization_barrier does not
+    stop the fusion: XLA:CPU removes barriers before it fuses).
+    """
+    block = math.gcd(winner.shape[-1], 64)  # identity blocks of up to 64 channels
+    identity = jnp.eye(block, dtype=jnp.float32)
+    rows = winner.reshape(-1, block).astype(jnp.float32)
+    stored = jnp.dot(rows, identity, precision=jax.lax.Precision.HIGHEST)
+    return stored.reshape(winner.shape).astype(jnp.int8)
 
 
 def _max_pool_backward(window, stride, padding, input_hw, winner, gradient):
     (n, oh, ow, c), (h, w) = gradient.shape, input_hw
-    padded_h, padded_w = h + 2 * padding, w + 2 * padding
+    # Padded row r = stride * output_row + tap_row, so the padded rows of one residue class
+    # (r mod stride) receive gradient only from the taps of that class, each shifted by whole
+    # output rows. Summing each class at output resolution and interleaving the classes once
+    # gives XLA one array to materialize; placing every tap with a stride-dilated pad at input
+    # resolution made it keep window**2 input-sized arrays and re-add them in each of
+    # BatchNorm's backward fusions (76 ms instead of 15 in ResNet's stem, forward and backward).
+    rows, cols = -(-(h + 2 * padding) // stride), -(-(w + 2 * padding) // stride)
     zero = jnp.zeros((), gradient.dtype)
-    total = jnp.zeros((n, padded_h, padded_w, c), gradient.dtype)
-    # Last tap first: torch adds an input's shares in increasing output position, which is
-    # decreasing tap index, and float addition is order-sensitive.
-    for tap_index in reversed(range(window * window)):
-        i, j = divmod(tap_index, window)
-        share = jnp.where(winner == tap_index, gradient, zero)
-        rows = (i, padded_h - i - stride * (oh - 1) - 1, stride - 1)
-        cols = (j, padded_w - j - stride * (ow - 1) - 1, stride - 1)
-        total = total + jax.lax.pad(share, zero, ((0, 0, 0), rows, cols, (0, 0, 0)))
-    return (total[:, padding : padding + h, padding : padding + w],)
+    classes = []
+    for class_row in range(stride):
+        for class_col in range(stride):
+            taps = [
+                (i, j)
+                for i in range(class_row, window, stride)
+                for j in range(class_col, window, stride)
+            ]
+            total = jnp.zeros((n, rows, cols, c), gradient.dtype)
+            # Last tap first: torch adds an input's shares in increasing output position, which
+            # is decreasing tap index, and float addition is order-sensitive.
+            for i, j in sorted(taps, reverse=True):
+                share = jnp.where(winner == i * window + j, gradient, zero)
+                shift_rows, shift_cols = (i - class_row) // stride, (j - class_col) // stride
+                edges = (
+                    (0, 0, 0),
+                    (shift_rows, rows - oh - shift_rows, 0),
+                    (shift_cols, cols - ow - shift_cols, 0),
+                    (0, 0, 0),
+                )
+                total = total + jax.lax.pad(share, zero, edges)
+            classes.append(total)
+    # (class_row, class_col, n, rows, cols, c) -> (n, rows, class_row, cols, class_col, c)
+    by_class = jnp.stack(classes).reshape(stride, stride, n, rows, cols, c)
+    padded = by_class.transpose(2, 3, 0, 4, 1, 5).reshape(n, rows * stride, cols * stride, c)
+    return (padded[:, padding : padding + h, padding : padding + w],)
 
 
 # input_hw, static like the window, gives the backward pass the input's size (several sizes

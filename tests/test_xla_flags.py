@@ -20,13 +20,19 @@ print(json.dumps({"ynn": "ynn_fusion" in hlo, "flags": os.environ.get("XLA_FLAGS
 def test_set_cpu_flags_appends_and_respects_the_users_flags():
     environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     added = xla_flags.set_cpu_flags(environ)
-    assert added == ["--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"]
+    assert added == [
+        "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
+        "--xla_cpu_enable_concurrency_optimized_scheduler=false",
+    ]
     assert environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", *added]
     assert xla_flags.set_cpu_flags(environ) == []  # once only
 
     users = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=individual_dot"}
-    assert xla_flags.set_cpu_flags(users) == []
-    assert users["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+    assert xla_flags.set_cpu_flags(users) == [added[1]]  # only the flag the user did not set
+    assert users["XLA_FLAGS"].split() == [
+        "--xla_cpu_experimental_ynn_fusion_type=individual_dot",
+        added[1],
+    ]
 
     opted_out = {"JAXNETS_XLA_FLAGS": "0"}
     assert xla_flags.set_cpu_flags(opted_out) == [] and "XLA_FLAGS" not in opted_out
@@ -45,7 +51,5 @@ def test_importing_jaxnets_takes_convolutions_away_from_ynnpack():
     """In a fresh process: with jaxnets' flags XLA:CPU compiles convolutions itself; with
     JAXNETS_XLA_FLAGS=0 it hands them to YNNPACK, jaxlib's default (so the flag is what
     changed it)."""
-    assert run_fresh({}) == {
-        "ynn": False, "flags": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-    }  # fmt: skip
+    assert run_fresh({}) == {"ynn": False, "flags": " ".join(xla_flags.set_cpu_flags({}))}
     assert run_fresh({"JAXNETS_XLA_FLAGS": "0"})["ynn"] is True

@@ -252,7 +252,11 @@ def _max_pool_backward(window, stride, padding, input_hw, winner, gradient):
             classes.append(total)
     # (class_row, class_col, n, rows, cols, c) -> (n, rows, class_row, cols, class_col, c)
     by_class = jnp.stack(classes).reshape(stride, stride, n, rows, cols, c)
-    padded = by_class.transpose(2, 3, 0, 4, 1, 5).reshape(n, rows * stride, cols * stride, c)
+    interleaved = by_class.transpose(2, 3, 0, 4, 1, 5)
+    # One merge per reshape: JAX's explicit sharding (a batch sharded over 'data') rejects a
+    # reshape that merges two pairs of dimensions at once.
+    padded = interleaved.reshape(n, rows * stride, cols, stride, c)
+    padded = padded.reshape(n, rows * stride, cols * stride, c)
     return (padded[:, padding : padding + h, padding : padding + w],)
 
 

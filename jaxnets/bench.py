@@ -11,13 +11,20 @@ update, BatchNorm statistics), inference, compile time and peak device memory:
   torch.cuda.max_memory_allocated on GPU and not measured on CPU.
 
 Throughput is images per second over timed steps after warm-up steps, each step synchronized.
+With rounds > 1 the frameworks take turns (each round times every framework's train and
+inference steps once) and rows report the median round, so that a machine whose speed drifts
+during the run (shared hosts, thermal limits) penalizes every framework alike; the rounds'
+images/sec are in the JSON rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -32,6 +39,17 @@ class BenchSettings:
     warmup: int = 2
     frameworks: tuple[str, ...] = ("jaxnets", "torch", "torch.compile")
     remat: bool = False
+    rounds: int = 1
+
+
+@dataclasses.dataclass
+class Runner:
+    """One framework's model, ready to time: train() and infer() each run one synchronized
+    step; info(train_step_seconds) gives compile time and peak memory once the steps have run."""
+
+    train: Callable[[], None]
+    infer: Callable[[], None]
+    info: Callable[[float], dict]
 
 
 def _timed(fn, steps: int, warmup: int) -> float:
@@ -44,7 +62,7 @@ def _timed(fn, steps: int, warmup: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def bench_jaxnets(name: str, s: BenchSettings) -> dict:
+def jaxnets_runner(name: str, s: BenchSettings) -> Runner:
     import jax
     import jax.numpy as jnp
     import optax
@@ -83,19 +101,19 @@ def bench_jaxnets(name: str, s: BenchSettings) -> dict:
     compile_s = time.perf_counter() - start
     holder = {"state": state}
 
-    def step():
+    def train():
         holder["state"], loss = compiled(holder["state"], images, labels, key)
         loss.block_until_ready()
 
-    train_s = _timed(step, s.steps, s.warmup)
-    infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    params, batch_stats, _ = holder["state"]
-    eval_variables = {"params": params, "batch_stats": batch_stats}
-    infer_s = _timed(lambda: infer(eval_variables, images).block_until_ready(), s.steps, s.warmup)
-    return {
-        "train_img_s": s.batch_size / train_s, "infer_img_s": s.batch_size / infer_s,
-        "compile_s": compile_s, "peak_mem": _jax_peak_memory(compiled),
-    }  # fmt: skip
+    apply_eval = jax.jit(lambda v, x: model.apply(v, x, train=False))
+
+    def infer():
+        params, batch_stats, _ = holder["state"]
+        apply_eval({"params": params, "batch_stats": batch_stats}, images).block_until_ready()
+
+    return Runner(
+        train, infer, lambda _: {"compile_s": compile_s, "peak_mem": _jax_peak_memory(compiled)}
+    )
 
 
 def _jax_peak_memory(compiled) -> int | None:
@@ -111,7 +129,7 @@ def _jax_peak_memory(compiled) -> int | None:
                + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)  # fmt: skip
 
 
-def bench_torch(name: str, s: BenchSettings, compiled: bool) -> dict:
+def torch_runner(name: str, s: BenchSettings, compiled: bool) -> Runner:
     import torch
     import torchvision
 
@@ -145,21 +163,20 @@ def bench_torch(name: str, s: BenchSettings, compiled: bool) -> dict:
     start = time.perf_counter()
     step()  # first call: compilation for torch.compile
     first_s = time.perf_counter() - start
-    train_s = _timed(step, s.steps, s.warmup)
-    model.eval()
     inference = torch.compile(model) if compiled else model
 
     def infer():
+        model.eval()
         with torch.no_grad(), autocast:
             inference(images)
         sync()
+        model.train()
 
-    infer_s = _timed(infer, s.steps, s.warmup + (1 if compiled else 0))
-    peak = int(torch.cuda.max_memory_allocated()) if device == "cuda" else None
-    return {
-        "train_img_s": s.batch_size / train_s, "infer_img_s": s.batch_size / infer_s,
-        "compile_s": max(first_s - train_s, 0.0) if compiled else 0.0, "peak_mem": peak,
-    }  # fmt: skip
+    def info(train_s: float) -> dict:
+        peak = int(torch.cuda.max_memory_allocated()) if device == "cuda" else None
+        return {"compile_s": max(first_s - train_s, 0.0) if compiled else 0.0, "peak_mem": peak}
+
+    return Runner(step, infer, info)
 
 
 def run(settings: BenchSettings) -> list[dict]:
@@ -171,29 +188,62 @@ def run(settings: BenchSettings) -> list[dict]:
         settings = dataclasses.replace(
             settings, frameworks=tuple(f for f in settings.frameworks if f == "jaxnets")
         )
+    # JAX would otherwise take 75% of a GPU's memory up front and leave torch the rest.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
 
     device = jax.devices()[0].device_kind
     rows = []
     for name in settings.models:
-        for framework in settings.frameworks:
-            row = {"framework": framework, "model": name, "batch_size": settings.batch_size,
-                   "image_size": settings.image_size, "dtype": settings.dtype,
-                   "device": device}  # fmt: skip
-            try:
-                if framework == "jaxnets":
-                    row.update(bench_jaxnets(name, settings))
-                else:
-                    row.update(bench_torch(name, settings, compiled=framework == "torch.compile"))
-            except Exception as e:  # reported in the row, the run goes on
-                row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
-            rows.append(row)
-        ours = next(r for r in rows if r["model"] == name and r["framework"] == "jaxnets")
-        for r in rows:
-            if r["model"] == name and "train_img_s" in r and "train_img_s" in ours:
-                r["jaxnets_train_ratio"] = ours["train_img_s"] / r["train_img_s"]
-                r["jaxnets_infer_ratio"] = ours["infer_img_s"] / r["infer_img_s"]
+        rows.extend(_bench_model(name, settings, device))
     return rows
+
+
+def _bench_model(name: str, s: BenchSettings, device: str) -> list[dict]:
+    rows, runners = [], {}
+    for framework in s.frameworks:
+        row = {"framework": framework, "model": name, "batch_size": s.batch_size,
+               "image_size": s.image_size, "dtype": s.dtype, "device": device}  # fmt: skip
+        try:
+            if framework == "jaxnets":
+                runners[framework] = jaxnets_runner(name, s)
+            else:
+                runners[framework] = torch_runner(name, s, compiled=framework == "torch.compile")
+            for _ in range(s.warmup):
+                runners[framework].train()
+                runners[framework].infer()
+        except Exception as e:  # reported in the row, the run goes on
+            row["error"] = _one_line(e)
+        rows.append(row)
+
+    rounds = {framework: ([], []) for framework in runners}  # train, infer img/s per round
+    for _ in range(s.rounds):
+        for framework, runner in list(runners.items()):
+            try:
+                rounds[framework][0].append(s.batch_size / _timed(runner.train, s.steps, 0))
+                rounds[framework][1].append(s.batch_size / _timed(runner.infer, s.steps, 0))
+            except Exception as e:
+                next(r for r in rows if r["framework"] == framework)["error"] = _one_line(e)
+                del runners[framework]
+
+    for row in rows:
+        if row["framework"] not in runners:
+            continue
+        train, infer = rounds[row["framework"]]
+        row.update(train_img_s=statistics.median(train), infer_img_s=statistics.median(infer))
+        row.update(runners[row["framework"]].info(s.batch_size / row["train_img_s"]))
+        if s.rounds > 1:
+            row.update(train_img_s_rounds=train, infer_img_s_rounds=infer)
+    ours = next(r for r in rows if r["framework"] == "jaxnets")
+    for r in rows:
+        if "train_img_s" in r and "train_img_s" in ours:
+            r["jaxnets_train_ratio"] = ours["train_img_s"] / r["train_img_s"]
+            r["jaxnets_infer_ratio"] = ours["infer_img_s"] / r["infer_img_s"]
+    return rows
+
+
+def _one_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
 
 
 def format_table(rows: list[dict]) -> str:
@@ -209,8 +259,12 @@ def format_table(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['framework']} | {r['error']} | | | | | |")
             continue
+        rounds = r.get("train_img_s_rounds")
+        train = f"{r['train_img_s']:.1f}" + (
+            " [" + ", ".join(f"{v:.1f}" for v in rounds) + "]" if rounds else ""
+        )
         lines.append(
-            f"| {r['model']} | {r['framework']} | {r['train_img_s']:.1f} | "
+            f"| {r['model']} | {r['framework']} | {train} | "
             f"{r['infer_img_s']:.1f} | {r['compile_s']:.1f} | {mb(r['peak_mem'])} | "
             f"{r.get('jaxnets_train_ratio', math.nan):.2f}x | "
             f"{r.get('jaxnets_infer_ratio', math.nan):.2f}x |"

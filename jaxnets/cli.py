@@ -151,6 +151,10 @@ def _add_bench(commands) -> None:
     bench.add_argument("--steps", type=int, default=10, help="timed steps")
     bench.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     bench.add_argument(
+        "--rounds", type=int, default=1,
+        help="frameworks take turns this many times; rows report the median round",
+    )  # fmt: skip
+    bench.add_argument(
         "--frameworks", default="jaxnets,torch,torch.compile",
         help="any of jaxnets, torch (eager), torch.compile",
     )  # fmt: skip
@@ -251,12 +255,12 @@ def _bench(args) -> int:
     unknown = set(frameworks) - {"jaxnets", "torch", "torch.compile"}
     if unknown or "jaxnets" not in frameworks:
         raise ValueError(f"--frameworks {args.frameworks!r}: jaxnets plus torch, torch.compile")
-    if min(args.batch_size, args.image_size, args.steps) < 1 or args.warmup < 0:
-        raise ValueError("--batch-size, --image-size and --steps must be >= 1")
+    if min(args.batch_size, args.image_size, args.steps, args.rounds) < 1 or args.warmup < 0:
+        raise ValueError("--batch-size, --image-size, --steps and --rounds must be >= 1")
     settings = BenchSettings(
         models=models, batch_size=args.batch_size, image_size=args.image_size,
         dtype="bfloat16" if args.dtype == "bf16" else args.dtype, steps=args.steps,
-        warmup=args.warmup, frameworks=frameworks, remat=args.remat,
+        warmup=args.warmup, frameworks=frameworks, remat=args.remat, rounds=args.rounds,
     )  # fmt: skip
     rows = run(settings)
     print(json.dumps(rows) if args.json else format_table(rows))

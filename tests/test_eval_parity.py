@@ -8,6 +8,7 @@ import torch
 import torchvision
 
 from jaxnets import cli
+from jaxnets.bench import format_table
 from train.evaluate import preprocessing_for_file
 
 
@@ -124,7 +125,8 @@ def test_parity_train_bad_input(capsys):
 def test_bench_rows_for_jaxnets_and_torch(capsys):
     code, out, err = run_cli(
         capsys, "bench", "--models", "resnet18", "--batch-size", "2", "--image-size", "32",
-        "--steps", "1", "--warmup", "1", "--frameworks", "jaxnets,torch", "--json",
+        "--steps", "1", "--warmup", "1", "--frameworks", "jaxnets,torch", "--rounds", "3",
+        "--json",
     )  # fmt: skip
     assert code == 0, err
     rows = json.loads(out)
@@ -136,11 +138,18 @@ def test_bench_rows_for_jaxnets_and_torch(capsys):
         assert row["train_img_s"] > 0 and row["infer_img_s"] > 0 and "error" not in row
     assert ours["compile_s"] > 0 and ours["peak_mem"] > 0  # XLA's accounting on CPU
     assert theirs["jaxnets_train_ratio"] == ours["train_img_s"] / theirs["train_img_s"]
+    for row in rows:  # the frameworks took turns three times; rows hold the median round
+        assert len(row["train_img_s_rounds"]) == len(row["infer_img_s_rounds"]) == 3
+        assert row["train_img_s"] == sorted(row["train_img_s_rounds"])[1]
+        assert row["infer_img_s"] == sorted(row["infer_img_s_rounds"])[1]
+    rounds = ", ".join(f"{v:.1f}" for v in ours["train_img_s_rounds"])
+    assert f"| jaxnets | {ours['train_img_s']:.1f} [{rounds}] |" in format_table(rows)
 
     for args, message in [
         (["--models", "resnet5"], "resnet5"),
         (["--frameworks", "torch"], "--frameworks 'torch'"),
         (["--batch-size", "0"], "must be >= 1"),
+        (["--rounds", "0"], "must be >= 1"),
     ]:
         code, _, err = run_cli(capsys, "bench", *args)
         assert code == 2 and message in err and err.count("\n") == 1, err

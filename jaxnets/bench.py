@@ -200,21 +200,22 @@ def run(settings: BenchSettings) -> list[dict]:
 
 
 def _bench_model(name: str, s: BenchSettings, device: str) -> list[dict]:
-    rows, runners = [], {}
+    rows, runners = {}, {}  # by framework
     for framework in s.frameworks:
-        row = {"framework": framework, "model": name, "batch_size": s.batch_size,
-               "image_size": s.image_size, "dtype": s.dtype, "device": device}  # fmt: skip
+        rows[framework] = {"framework": framework, "model": name, "batch_size": s.batch_size,
+                           "image_size": s.image_size, "dtype": s.dtype,
+                           "device": device}  # fmt: skip
         try:
             if framework == "jaxnets":
-                runners[framework] = jaxnets_runner(name, s)
+                runner = jaxnets_runner(name, s)
             else:
-                runners[framework] = torch_runner(name, s, compiled=framework == "torch.compile")
+                runner = torch_runner(name, s, compiled=framework == "torch.compile")
             for _ in range(s.warmup):
-                runners[framework].train()
-                runners[framework].infer()
+                runner.train()
+                runner.infer()
+            runners[framework] = runner
         except Exception as e:  # reported in the row, the run goes on
-            row["error"] = _one_line(e)
-        rows.append(row)
+            rows[framework]["error"] = _one_line(e)
 
     rounds = {framework: ([], []) for framework in runners}  # train, infer img/s per round
     for _ in range(s.rounds):
@@ -223,23 +224,21 @@ def _bench_model(name: str, s: BenchSettings, device: str) -> list[dict]:
                 rounds[framework][0].append(s.batch_size / _timed(runner.train, s.steps, 0))
                 rounds[framework][1].append(s.batch_size / _timed(runner.infer, s.steps, 0))
             except Exception as e:
-                next(r for r in rows if r["framework"] == framework)["error"] = _one_line(e)
+                rows[framework]["error"] = _one_line(e)
                 del runners[framework]
 
-    for row in rows:
-        if row["framework"] not in runners:
-            continue
-        train, infer = rounds[row["framework"]]
+    for framework, runner in runners.items():
+        row, (train, infer) = rows[framework], rounds[framework]
         row.update(train_img_s=statistics.median(train), infer_img_s=statistics.median(infer))
-        row.update(runners[row["framework"]].info(s.batch_size / row["train_img_s"]))
+        row.update(runner.info(s.batch_size / row["train_img_s"]))
         if s.rounds > 1:
             row.update(train_img_s_rounds=train, infer_img_s_rounds=infer)
-    ours = next(r for r in rows if r["framework"] == "jaxnets")
-    for r in rows:
-        if "train_img_s" in r and "train_img_s" in ours:
-            r["jaxnets_train_ratio"] = ours["train_img_s"] / r["train_img_s"]
-            r["jaxnets_infer_ratio"] = ours["infer_img_s"] / r["infer_img_s"]
-    return rows
+    ours = rows["jaxnets"]
+    for row in rows.values():
+        if "train_img_s" in row and "train_img_s" in ours:
+            row["jaxnets_train_ratio"] = ours["train_img_s"] / row["train_img_s"]
+            row["jaxnets_infer_ratio"] = ours["infer_img_s"] / row["infer_img_s"]
+    return list(rows.values())
 
 
 def _one_line(error: Exception) -> str:

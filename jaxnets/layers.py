@@ -7,6 +7,7 @@ floor/ceil bins. Each of those is spelled out here rather than left to a Flax de
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -231,15 +232,14 @@ def _max_pool_backward(window, stride, padding, input_hw, winner, gradient):
     classes = []
     for class_row in range(stride):
         for class_col in range(stride):
-            taps = [
-                (i, j)
-                for i in range(class_row, window, stride)
-                for j in range(class_col, window, stride)
-            ]
-            total = jnp.zeros((n, rows, cols, c), gradient.dtype)
             # Last tap first: torch adds an input's shares in increasing output position, which
             # is decreasing tap index, and float addition is order-sensitive.
-            for i, j in sorted(taps, reverse=True):
+            taps = itertools.product(
+                reversed(range(class_row, window, stride)),
+                reversed(range(class_col, window, stride)),
+            )
+            total = jnp.zeros((n, rows, cols, c), gradient.dtype)
+            for i, j in taps:
                 share = jnp.where(winner == i * window + j, gradient, zero)
                 shift_rows, shift_cols = (i - class_row) // stride, (j - class_col) // stride
                 edges = (

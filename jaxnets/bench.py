@@ -3,8 +3,9 @@
 For each model and framework it measures the whole train step (forward, backward, SGD momentum
 update, BatchNorm statistics), inference, compile time and peak device memory:
 
-- jaxnets: one jitted train step with the state donated, as train/train.py runs it; compile
-  time is `lower().compile()`; memory is the device's peak where it reports one (GPU/TPU),
+- jaxnets: one jitted train step as train/train.py runs it, its state donated where
+  jaxnets.xla_flags.donates_train_state says (not on CPU); compile time is
+  `lower().compile()`; memory is the device's peak where it reports one (GPU/TPU),
   else XLA's own accounting of the compiled step (arguments + outputs + temporaries - aliases).
 - torch eager and torch.compile (inductor), on GPU with channels_last and bf16 autocast for
   --dtype bfloat16; compile time is the first step's extra time over a steady step; memory is
@@ -68,6 +69,7 @@ def jaxnets_runner(name: str, s: BenchSettings) -> Runner:
     import optax
 
     import jaxnets
+    from jaxnets.xla_flags import donates_train_state
 
     dtype = jnp.bfloat16 if s.dtype == "bfloat16" else jnp.float32
     options = {"remat": True} if s.remat else {}
@@ -97,7 +99,9 @@ def jaxnets_runner(name: str, s: BenchSettings) -> Runner:
 
     key = jax.random.key(1)
     start = time.perf_counter()
-    compiled = jax.jit(train_step, donate_argnums=0).lower(state, images, labels, key).compile()
+    donate = 0 if donates_train_state(jax.default_backend()) else ()
+    step = jax.jit(train_step, donate_argnums=donate)
+    compiled = step.lower(state, images, labels, key).compile()
     compile_s = time.perf_counter() - start
     holder = {"state": state}
 

@@ -7,6 +7,7 @@ floor/ceil bins. Each of those is spelled out here rather than left to a Flax de
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable
@@ -51,7 +52,8 @@ class BatchNorm(nn.Module):
     Training mode normalizes with the biased batch variance and updates the running variance with
     the unbiased one (n / (n - 1)), as torch does; Flax's BatchNorm uses the biased variance for
     both. Statistics are computed and stored in float32 (float64 with float64 parameters)
-    whatever the compute dtype.
+    whatever the compute dtype. The training-mode gradient is torch's formula, written out
+    (see _batch_norm_train_backward).
 
     Attributes:
       momentum: weight of the old running statistic (Flax convention); torch's momentum 0.1 is 0.9.
@@ -90,11 +92,10 @@ class BatchNorm(nn.Module):
         groups = self.batch_groups
         if x.shape[0] % groups:
             raise ValueError(f"BatchNorm: batch {x.shape[0]} is not divisible by {groups} groups")
-        xg = x.astype(stats_dtype).reshape((groups, x.shape[0] // groups, *x.shape[1:]))
-        axes = tuple(range(1, xg.ndim - 1))
-        mean = xg.mean(axes, keepdims=True)
-        # Two-pass variance: E[(x - mean)^2] keeps float32 accuracy where E[x^2] - E[x]^2 would not.
-        var = jnp.square(xg - mean).mean(axes, keepdims=True)
+        xg = x.reshape((groups, x.shape[0] // groups, *x.shape[1:]))
+        y, mean, var = _batch_norm_train(
+            xg, scale.astype(stats_dtype), bias.astype(stats_dtype), self.epsilon
+        )
         n = math.prod(xg.shape[1:-1])
 
         if not self.is_initializing():
@@ -103,10 +104,55 @@ class BatchNorm(nn.Module):
             m = self.momentum
             running_mean.value = m * running_mean.value + (1 - m) * batch_mean
             running_var.value = m * running_var.value + (1 - m) * batch_var
-
-        inv = scale.astype(stats_dtype) * jax.lax.rsqrt(var + self.epsilon)
-        y = (xg - mean) * inv + bias.astype(stats_dtype)
         return y.reshape(x.shape).astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _batch_norm_train(xg, scale, bias, epsilon):
+    """Train-mode BatchNorm of grouped input xg (groups, n, ..., C): (y, mean, var).
+
+    Statistics are reduced over every axis but the first (group) and last (channel), in the
+    dtype of scale; mean and var keep those axes as size 1.
+    """
+    return _batch_norm_train_forward(xg, scale, bias, epsilon)[0]
+
+
+def _batch_norm_train_forward(xg, scale, bias, epsilon):
+    axes = tuple(range(1, xg.ndim - 1))
+    x = xg.astype(scale.dtype)
+    mean = x.mean(axes, keepdims=True)
+    # Two-pass variance: E[(x - mean)^2] keeps float32 accuracy where E[x^2] - E[x]^2 would not.
+    var = jnp.square(x - mean).mean(axes, keepdims=True)
+    inv_std = jax.lax.rsqrt(var + epsilon)
+    multiplier = scale * inv_std
+    y = x * multiplier + (bias - mean * multiplier)  # torch's CPU kernel: x * alpha + beta
+    return (y, mean, var), (xg, scale, mean, inv_std)
+
+
+def _batch_norm_train_backward(epsilon, residuals, cotangents):
+    # torch's native_batch_norm_backward, written out: JAX's derivative of the forward pass
+    # stored x - mean and took several more passes over the activations, and BatchNorm was then
+    # the largest difference between this train step and torch's (270 ms against 122 ms of
+    # ResNet-50's at batch 16, 128x128, on this project's 2-core CPU; about 170 ms with this).
+    del epsilon
+    xg, scale, mean, inv_std = residuals
+    dy, dmean, dvar = cotangents
+    axes = tuple(range(1, xg.ndim - 1))
+    n = math.prod(xg.shape[1:-1])
+    dy = dy.astype(scale.dtype)
+    centered = xg.astype(scale.dtype) - mean
+    sum_dy = dy.sum(axes, keepdims=True)
+    sum_dy_normalized = (dy * centered).sum(axes, keepdims=True) * inv_std
+    dx = (scale * inv_std) * (dy - sum_dy / n - centered * (inv_std * sum_dy_normalized / n))
+    # The statistics' own cotangents (zero when only y reaches the loss).
+    dx = dx + dmean / n + centered * (dvar * (2.0 / n))
+    per_channel = (-1, xg.shape[-1])
+    dscale = sum_dy_normalized.reshape(per_channel).sum(0)
+    dbias = sum_dy.reshape(per_channel).sum(0)
+    return dx.astype(xg.dtype), dscale, dbias
+
+
+_batch_norm_train.defvjp(_batch_norm_train_forward, _batch_norm_train_backward)
 
 
 class PointwiseConv(nn.Module):

@@ -125,3 +125,58 @@ def test_batchnorm_groups_normalize_each_group_on_its_own(highest_precision):
     np.testing.assert_allclose(
         state["batch_stats"]["var"], 0.9 + 0.1 * np.mean(unbiased_vars, 0), rtol=1e-5
     )
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_batchnorm_train_gradients_match_torch(groups):
+    """Train-mode BatchNorm's hand-written backward pass against torch's autograd, in float64:
+    input, scale and bias gradients, per group of the batch."""
+    from jaxnets.layers import BatchNorm
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(3.0, 2.0, size=(8, 3, 5, 4))
+    scale, bias, upstream = rng.normal(size=3), rng.normal(size=3), rng.normal(size=x.shape)
+    torch_x = torch.tensor(x, requires_grad=True)
+    torch_scale = torch.tensor(scale, requires_grad=True)
+    torch_bias = torch.tensor(bias, requires_grad=True)
+    outputs = [
+        torch.nn.functional.batch_norm(half, None, None, torch_scale, torch_bias, training=True)
+        for half in torch_x.split(8 // groups)
+    ]
+    torch.cat(outputs).backward(torch.tensor(upstream))
+
+    with jax.enable_x64(True):
+        bn = BatchNorm(batch_groups=groups, param_dtype=jnp.float64)
+        batch_stats = bn.init(jax.random.key(0), jnp.zeros((8, 5, 4, 3)), False)["batch_stats"]
+
+        def output(params, x):
+            y, _ = bn.apply({"params": params, "batch_stats": batch_stats}, x, False,
+                            mutable=["batch_stats"])  # fmt: skip
+            return y
+
+        params = {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}
+        _, vjp = jax.vjp(output, params, jnp.asarray(nhwc(torch.tensor(x))))
+        param_grads, x_grad = vjp(jnp.asarray(nhwc(torch.tensor(upstream))))
+    np.testing.assert_allclose(x_grad, nhwc(torch_x.grad), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(param_grads["scale"], torch_scale.grad.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(param_grads["bias"], torch_bias.grad.numpy(), rtol=1e-10)
+
+
+def test_batchnorm_statistics_gradients_are_exact():
+    """The batch mean and variance are outputs too (the running statistics): gradients that
+    reach the loss through them are included, checked against finite differences."""
+    from jax.test_util import check_grads
+
+    from jaxnets.layers import _batch_norm_train
+
+    rng = np.random.default_rng(6)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(1.0, 2.0, size=(2, 4, 3, 3, 5)))
+        scale, bias = jnp.asarray(rng.normal(size=5)), jnp.asarray(rng.normal(size=5))
+        weights = [jnp.asarray(rng.normal(size=shape)) for shape in (x.shape, (2, 1, 1, 1, 5))]
+
+        def loss(x, scale, bias):
+            y, mean, var = _batch_norm_train(x, scale, bias, 1e-5)
+            return jnp.sum(y * weights[0]) + jnp.sum(mean * weights[1]) + jnp.sum(var**2)
+
+        check_grads(loss, (x, scale, bias), order=1, modes=["rev"])

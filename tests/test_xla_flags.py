@@ -53,3 +53,31 @@ def test_importing_jaxnets_takes_convolutions_away_from_ynnpack():
     changed it)."""
     assert run_fresh({}) == {"ynn": False, "flags": " ".join(xla_flags.set_cpu_flags({}))}
     assert run_fresh({"JAXNETS_XLA_FLAGS": "0"})["ynn"] is True
+
+
+def test_train_state_is_donated_except_on_cpu():
+    """XLA:CPU copies donated parameters that the backward pass still reads, which costs a
+    pass over them and saves nothing for them: a jaxlib that stopped doing so would fail here,
+    and donation on CPU would be worth measuring again (see donates_train_state)."""
+    import re
+
+    import jax
+    import jax.numpy as jnp
+
+    def sgd_step(params, x):
+        def loss(p):
+            hidden = jax.nn.relu(jax.nn.relu(x @ p["w1"]) @ p["w2"])
+            return jnp.sum(hidden @ p["w3"])
+
+        grads = jax.grad(loss)(params)
+        return jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
+
+    params = {name: jnp.ones((64, 64)) for name in ("w1", "w2", "w3")}
+    copies = {}
+    for donate in [(), 0]:
+        hlo = jax.jit(sgd_step, donate_argnums=donate).lower(params, jnp.ones((32, 64)))
+        entry = hlo.compile().as_text().split("ENTRY")[1]
+        copies[donate] = len(re.findall(r" copy\(%", entry))
+    assert copies == {(): 0, 0: 2}  # w2 and w3: their old values feed the input gradients
+    assert not xla_flags.donates_train_state("cpu")
+    assert xla_flags.donates_train_state("gpu") and xla_flags.donates_train_state("tpu")

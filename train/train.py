@@ -28,6 +28,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxnets
+from jaxnets.xla_flags import donates_train_state
 from train import data as data_lib
 from train import metrics as metrics_lib
 from train.config import validate
@@ -321,7 +322,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         params=variables["params"],
         batch_stats=variables["batch_stats"],
         tx=make_optimizer(config, steps_per_epoch, trainable),
-        # Copies: the state is donated to the train step, and a buffer cannot be donated twice.
+        # Copies: the state is donated to the train step (see donates_train_state), and a buffer
+        # cannot be donated twice.
         ema_params=jax.tree.map(jnp.copy, variables["params"]) if config.ema_decay else None,
         ema_batch_stats=(
             jax.tree.map(jnp.copy, variables["batch_stats"]) if config.ema_decay else None
@@ -348,7 +350,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         ),
         in_shardings=(replicated, batch_sharding, batch_sharding, replicated),
         out_shardings=(replicated, replicated),
-        donate_argnums=0,
+        donate_argnums=0 if donates_train_state(jax.default_backend()) else (),
     )  # fmt: skip
     p_eval_step = jax.jit(
         functools.partial(

@@ -322,8 +322,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         params=variables["params"],
         batch_stats=variables["batch_stats"],
         tx=make_optimizer(config, steps_per_epoch, trainable),
-        # Copies: the state is donated to the train step (see donates_train_state), and a buffer
-        # cannot be donated twice.
+        # Copies: on GPU/TPU the state is donated to the train step (see donates_train_state),
+        # and a buffer cannot be donated twice.
         ema_params=jax.tree.map(jnp.copy, variables["params"]) if config.ema_decay else None,
         ema_batch_stats=(
             jax.tree.map(jnp.copy, variables["batch_stats"]) if config.ema_decay else None

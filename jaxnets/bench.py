@@ -5,11 +5,14 @@ update, BatchNorm statistics), inference, compile time and peak device memory:
 
 - jaxnets: one jitted train step as train/train.py runs it, its state donated where
   jaxnets.xla_flags.donates_train_state says (not on CPU); compile time is
-  `lower().compile()`; memory is the device's peak where it reports one (GPU/TPU),
-  else XLA's own accounting of the compiled step (arguments + outputs + temporaries - aliases).
+  `lower().compile()`; memory is XLA's own accounting of the compiled step (arguments +
+  outputs + temporaries - aliases), on every device: the device's peak counter covers the
+  whole process and cannot be reset, so a second model would report the first one's peak.
 - torch eager and torch.compile (inductor), on GPU with channels_last and bf16 autocast for
   --dtype bfloat16; compile time is the first step's extra time over a steady step; memory is
-  torch.cuda.max_memory_allocated on GPU and not measured on CPU.
+  the rise of torch.cuda.max_memory_allocated over what was allocated before the framework's
+  model was built, read after its warm-up steps (before the next framework runs); not
+  measured on CPU.
 
 Throughput is images per second over timed steps after warm-up steps, each step synchronized.
 With rounds > 1 the frameworks take turns (each round times every framework's train and
@@ -46,11 +49,13 @@ class BenchSettings:
 @dataclasses.dataclass
 class Runner:
     """One framework's model, ready to time: train() and infer() each run one synchronized
-    step; info(train_step_seconds) gives compile time and peak memory once the steps have run."""
+    step; peak_mem() gives the peak memory (bytes or None) of the steps run so far;
+    compile_s(train_step_seconds) the compile time once the steps have run."""
 
     train: Callable[[], None]
     infer: Callable[[], None]
-    info: Callable[[float], dict]
+    peak_mem: Callable[[], int | None]
+    compile_s: Callable[[float], float]
 
 
 def _timed(fn, steps: int, warmup: int) -> float:
@@ -115,17 +120,10 @@ def jaxnets_runner(name: str, s: BenchSettings) -> Runner:
         params, batch_stats, _ = holder["state"]
         apply_eval({"params": params, "batch_stats": batch_stats}, images).block_until_ready()
 
-    return Runner(
-        train, infer, lambda _: {"compile_s": compile_s, "peak_mem": _jax_peak_memory(compiled)}
-    )
+    return Runner(train, infer, lambda: _xla_step_memory(compiled), lambda _: compile_s)
 
 
-def _jax_peak_memory(compiled) -> int | None:
-    import jax
-
-    stats = jax.devices()[0].memory_stats()
-    if stats and "peak_bytes_in_use" in stats:
-        return int(stats["peak_bytes_in_use"])
+def _xla_step_memory(compiled) -> int | None:
     analysis = compiled.memory_analysis()
     if analysis is None:
         return None
@@ -138,6 +136,9 @@ def torch_runner(name: str, s: BenchSettings, compiled: bool) -> Runner:
     import torchvision
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":  # memory held by the frameworks measured before this one
+        torch.cuda.reset_peak_memory_stats()
+        allocated_before = torch.cuda.memory_allocated()
     model = torchvision.models.get_model(name, num_classes=1000).to(device)
     images = torch.from_numpy(
         np.random.default_rng(0).normal(size=(s.batch_size, 3, s.image_size, s.image_size))
@@ -146,7 +147,6 @@ def torch_runner(name: str, s: BenchSettings, compiled: bool) -> Runner:
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-        torch.cuda.reset_peak_memory_stats()
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=s.dtype == "bfloat16")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     model.train()
@@ -176,11 +176,15 @@ def torch_runner(name: str, s: BenchSettings, compiled: bool) -> Runner:
         sync()
         model.train()
 
-    def info(train_s: float) -> dict:
-        peak = int(torch.cuda.max_memory_allocated()) if device == "cuda" else None
-        return {"compile_s": max(first_s - train_s, 0.0) if compiled else 0.0, "peak_mem": peak}
+    def peak_mem() -> int | None:
+        if device != "cuda":
+            return None
+        return int(torch.cuda.max_memory_allocated() - allocated_before)
 
-    return Runner(step, infer, info)
+    def compile_s(train_s: float) -> float:
+        return max(first_s - train_s, 0.0) if compiled else 0.0
+
+    return Runner(step, infer, peak_mem, compile_s)
 
 
 def run(settings: BenchSettings) -> list[dict]:
@@ -204,7 +208,7 @@ def run(settings: BenchSettings) -> list[dict]:
 
 
 def _bench_model(name: str, s: BenchSettings, device: str) -> list[dict]:
-    rows, runners = {}, {}  # by framework
+    rows, runners, peak_mem = {}, {}, {}  # by framework
     for framework in s.frameworks:
         rows[framework] = {"framework": framework, "model": name, "batch_size": s.batch_size,
                            "image_size": s.image_size, "dtype": s.dtype,
@@ -217,6 +221,7 @@ def _bench_model(name: str, s: BenchSettings, device: str) -> list[dict]:
             for _ in range(s.warmup):
                 runner.train()
                 runner.infer()
+            peak_mem[framework] = runner.peak_mem()  # before the next framework runs
             runners[framework] = runner
         except Exception as e:  # reported in the row, the run goes on
             rows[framework]["error"] = _one_line(e)
@@ -234,7 +239,8 @@ def _bench_model(name: str, s: BenchSettings, device: str) -> list[dict]:
     for framework, runner in runners.items():
         row, (train, infer) = rows[framework], rounds[framework]
         row.update(train_img_s=statistics.median(train), infer_img_s=statistics.median(infer))
-        row.update(runner.info(s.batch_size / row["train_img_s"]))
+        row.update(compile_s=runner.compile_s(s.batch_size / row["train_img_s"]),
+                   peak_mem=peak_mem[framework])  # fmt: skip
         if s.rounds > 1:
             row.update(train_img_s_rounds=train, infer_img_s_rounds=infer)
     ours = rows["jaxnets"]

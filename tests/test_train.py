@@ -60,14 +60,15 @@ def test_every_config_parses_and_builds_model_and_optimizer(path):
 
 
 def test_bad_values_are_rejected_with_one_line():
-    for key, value, message in [
-        ("model", "resnet5", "unknown model 'resnet5'"),
-        ("learning_rate", -0.1, "learning_rate=-0.1: expected > 0"),
-        ("schedule", "linear", "schedule='linear'"),
-        ("dtype", "float16", "dtype='float16'"),
+    for overrides, message in [
+        ({"model": "resnet5"}, "unknown model 'resnet5'"),
+        ({"learning_rate": -0.1}, "learning_rate=-0.1: expected > 0"),
+        ({"schedule": "linear"}, "schedule='linear'"),
+        ({"dtype": "float16"}, "dtype='float16'"),
+        ({"model": "vgg11_bn", "remat": True}, "remat=True: expected False for a model without"),
     ]:
         config = base_config()
-        config[key] = value
+        config.update(overrides)
         with pytest.raises(ConfigError, match=message) as error:
             validate(config, device_count=1)
         assert "\n" not in str(error.value)
@@ -264,12 +265,15 @@ def test_sigterm_checkpoints_the_current_step_and_the_same_command_resumes(tmp_p
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == step + 2
 
 
-def test_ema_and_bfloat16_training(tmp_path):
+def test_ema_bfloat16_and_remat_training(tmp_path):
     import orbax.checkpoint as ocp
 
-    from train.train import train_and_evaluate
+    from train.train import create_model, train_and_evaluate
 
-    config = tiny_config(max_steps=2, ema_decay=0.5, dtype="bfloat16", learning_rate=0.01)
+    config = tiny_config(
+        max_steps=2, ema_decay=0.5, dtype="bfloat16", learning_rate=0.01, remat=True
+    )
+    assert create_model(config, num_classes=10, device_count=1).remat  # blocks recomputed
     summary = train_and_evaluate(config, tmp_path)
     assert np.isfinite(summary["loss"]) and 0 <= summary["top1"] <= 1
     with ocp.CheckpointManager(tmp_path / "checkpoints") as manager:

@@ -13,6 +13,11 @@ AUGMENTATIONS = ("none", "pad_crop", "random_resized_crop")
 DTYPES = ("float32", "bfloat16")
 
 
+def is_resnet(model: str) -> bool:
+    """ResNet, ResNeXt and Wide ResNet: the models with residual blocks."""
+    return "resnet" in model or "resnext" in model
+
+
 class ConfigError(ValueError):
     """An invalid configuration value; the message is one line naming the key."""
 
@@ -23,6 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype; parameters and BatchNorm statistics stay float32
     c.dropout = 0.5  # VGG/AlexNet classifier dropout (torchvision's default)
     c.zero_init_residual = False
+    # ResNets: recompute each residual block in the backward pass instead of keeping its
+    # activations (jax.checkpoint): less memory for large per-device batches, more compute.
+    c.remat = False
 
     c.dataset = "digits"  # digits | tfds:NAME[:VERSION] | folder:PATH (see README)
     c.data_dir = ""  # TFDS data_dir ('' : TFDS's default, ~/tensorflow_datasets)
@@ -120,6 +128,11 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
         (config.keep_checkpoints > 0, "keep_checkpoints", "> 0"),
         (config.log_every_steps > 0, "log_every_steps", "> 0"),
         (not config.nesterov or config.momentum > 0, "nesterov", "used with momentum > 0"),
+        (
+            not config.remat or is_resnet(config.model),
+            "remat",
+            "False for a model without residual blocks",
+        ),
     ]
     for ok, key, expected in checks:
         if not ok:

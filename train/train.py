@@ -31,7 +31,7 @@ import jaxnets
 from jaxnets.xla_flags import donates_train_state
 from train import data as data_lib
 from train import metrics as metrics_lib
-from train.config import validate
+from train.config import is_resnet, validate
 from train.optim import learning_rate_schedule, make_optimizer
 
 
@@ -132,8 +132,8 @@ def create_model(config, num_classes: int, device_count: int):
     kwargs = {"num_classes": num_classes, "dtype": jnp.dtype(config.dtype)}
     if config.model == "alexnet" or config.model.startswith("vgg"):
         kwargs["dropout"] = config.dropout
-    if "resnet" in config.model or "resnext" in config.model:
-        kwargs["zero_init_residual"] = config.zero_init_residual
+    if is_resnet(config.model):
+        kwargs.update(zero_init_residual=config.zero_init_residual, remat=config.remat)
     if not config.bn_sync and (config.model.endswith("_bn") or "res" in config.model):
         # Per-device BatchNorm: each device's slice of the batch is normalized on its own.
         kwargs["bn_batch_groups"] = device_count

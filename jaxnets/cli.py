@@ -158,7 +158,10 @@ def _add_bench(commands) -> None:
         "--frameworks", default="jaxnets,torch,torch.compile",
         help="any of jaxnets, torch (eager), torch.compile",
     )  # fmt: skip
-    bench.add_argument("--remat", action="store_true", help="ResNets: rematerialize blocks")
+    bench.add_argument(
+        "--remat", action="store_true",
+        help="ResNets: recompute residual blocks in the backward pass (other models: ignored)",
+    )  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print JSON rows")
     bench.set_defaults(run=_bench)
 

@@ -154,3 +154,14 @@ def test_bench_rows_for_jaxnets_and_torch(capsys):
     ]:
         code, _, err = run_cli(capsys, "bench", *args)
         assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_bench_remat_applies_to_resnets_only():
+    from jaxnets.bench import BenchSettings, jaxnets_runner
+
+    memory = {}
+    for name, remat in [("resnet18", False), ("resnet18", True), ("alexnet", True)]:
+        runner = jaxnets_runner(name, BenchSettings(batch_size=4, image_size=64, remat=remat))
+        runner.train()  # AlexNet has no residual blocks: --remat leaves it as it is
+        memory[name, remat] = runner.peak_mem()
+    assert memory["resnet18", True] < memory["resnet18", False]  # activations not kept

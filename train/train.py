@@ -134,7 +134,7 @@ def create_model(config, num_classes: int, device_count: int):
         kwargs["dropout"] = config.dropout
     if is_resnet(config.model):
         kwargs.update(zero_init_residual=config.zero_init_residual, remat=config.remat)
-    if not config.bn_sync and (config.model.endswith("_bn") or "res" in config.model):
+    if not config.bn_sync and (config.model.endswith("_bn") or is_resnet(config.model)):
         # Per-device BatchNorm: each device's slice of the batch is normalized on its own.
         kwargs["bn_batch_groups"] = device_count
     return jaxnets.create_model(config.model, **kwargs)

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench-convert bench-input clean
+.PHONY: demo test test-cpu-variants lint bench-convert bench-input clean
 
 # Stamps record what is installed, so a second run skips pip; editing pyproject.toml reinstalls.
 $(VENV)/.base: pyproject.toml
@@ -25,6 +25,10 @@ test: $(VENV)/.test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2 --durations=15
+
+# The float32 tolerances on other CPU code paths (docs/tolerances.md).
+test-cpu-variants: $(VENV)/.test
+	bash scripts/cpu_variants.sh
 
 bench-convert: $(VENV)/.test
 	$(BIN)/python scripts/bench_convert.py

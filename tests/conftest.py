@@ -1,21 +1,44 @@
 """Shared fixtures. torchvision is imported before anything can import tensorflow: the other
 order segfaults with the pinned versions (shared/PORTING.md)."""
 
+import atexit
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np
-import pytest
-import torch
-import torchvision
 
-import jaxnets
+def _share_compilation_cache() -> None:
+    """One XLA compilation cache for this test run: the pytest-xdist workers and every training
+    subprocess inherit it through the environment, so a program compiled once (the same train
+    step in a resumed run, in each of two processes, in a second worker) is loaded, not compiled
+    again. It lives in a fresh directory removed at exit: no test reads another run's cache."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:  # a worker: the controller made it
+        return
+    cache = tempfile.mkdtemp(prefix="jaxnets-test-xla-cache-")
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+    # A size limit turns on the cache's file lock, so two processes never read a half-written
+    # entry.
+    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 << 30)
 
-torch.set_num_threads(1)  # pytest-xdist runs one worker per core
+
+_share_compilation_cache()  # before jax is imported: JAX reads these when it starts
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+import jaxnets  # noqa: E402
+
+# pytest-xdist runs one worker per core; scripts/cpu_variants.sh changes it to vary torch's
+# reduction order.
+torch.set_num_threads(int(os.environ.get("JAXNETS_TEST_TORCH_THREADS", "1")))
 
 # torchvision's parameter counts (shared/PORTING.md), the spec the models are held to.
 TORCHVISION_PARAMS = {

@@ -27,6 +27,7 @@ def resnet18_4_classes(tmp_path_factory):
     return path
 
 
+@pytest.mark.float32
 def test_eval_compare_torch_on_the_same_batches(image_folder, resnet18_4_classes, capsys):
     code, out, err = run_cli(
         capsys, "eval", "resnet18", "--weights", str(resnet18_4_classes), "--data",
@@ -80,28 +81,40 @@ def test_eval_errors_are_one_line(image_folder, resnet18_4_classes, tmp_path, ca
 
 
 def parity(capsys, name, *args):
+    # A --batch-size or --image-size in args overrides these (argparse keeps the last).
     code, out, err = run_cli(capsys, "parity", "train", name, "--batch-size", "16",
                              "--image-size", "16", "--json", *args)  # fmt: skip
     assert code == 0, err
     return json.loads(out)
 
 
+@pytest.mark.float32
 def test_parity_train_resnet18_float32_and_float64(capsys):
-    """float32: the first steps agree to rounding noise (the trajectories then drift apart as
-    fast as torch drifts from itself, see the README). float64: agreement to ~1e-12 over many
+    """float32: the first loss to rounding, the trajectory within a small multiple of how far
+    torch drifts from itself (weights 1 ulp up or down). Which ReLU inputs float32 rounding puts
+    on the other side of zero depends on the CPU's kernels, and at 16x16 (1x1 maps in layer4)
+    one such unit moves the first gradient by ~3e-3 and the second loss by ~1e-3, so no fixed
+    float32 bound on later steps holds everywhere. float64: agreement to ~1e-12 over many
     steps, which shows the two updates are the same computation."""
-    result = parity(capsys, "resnet18", "--steps", "2", "--noise-floor", "--eval")
-    assert len(result["jax_losses"]) == len(result["torch_losses"]) == 2
-    assert result["max_rel_diff"] < 1e-4
-    assert len(result["torch_losses_nudged"]) == 2
-    # Two nearly identical models: test predictions agree but for a handful of images.
-    assert result["test_agreement"] > 0.9
-    assert abs(result["test_top1_diff_points"]) <= 100 * (1 - result["test_agreement"])
-    assert 0 <= result["torch_nudged_test_top1"] <= 1
-    # The first float32 gradient of both frameworks against torch's float64 one: a wrong
-    # gradient would be off by O(1), float32 rounding leaves ~1e-5 here (no ReLU flips).
-    assert 0 < result["torch_float32_grad_rel_err"] < 1e-3
-    assert 0 < result["jax_float32_grad_rel_err"] < 1e-3
+    result = parity(capsys, "resnet18", "--steps", "8", "--noise-floor", "--eval")
+    assert len(result["jax_losses"]) == len(result["torch_losses"]) == 8
+    assert [len(losses) for losses in result["torch_losses_nudged"]] == [8, 8]
+    # The first loss is a forward pass at identical weights, continuous in rounding: ~1e-6.
+    (jax_loss, *_), (torch_loss, *_) = result["jax_losses"], result["torch_losses"]
+    assert abs(jax_loss - torch_loss) < 2e-5 * abs(torch_loss)
+    # By step 8 both pairs have drifted apart as far as this chaotic setup goes (0.1-0.4);
+    # measured ratios 0.7-1.5 on three CPU code paths.
+    assert 0 < result["max_rel_diff"] <= 4 * result["torch_noise_max_rel_diff"]
+    # The first float32 gradient of both frameworks against torch's float64 one. The head's
+    # (no ReLU between it and the loss) is rounding only, ~5e-6. The whole gradient is ~5e-6
+    # plus ~3e-3 for each ReLU input that float32 flips (0 or 1 here, by chance); a wrong
+    # gradient would be off by O(1).
+    for framework in ("jax", "torch"):
+        assert 0 < result[f"{framework}_float32_head_grad_rel_err"] < 1e-4
+        assert 0 < result[f"{framework}_float32_grad_rel_err"] < 3e-2
+    assert 0 <= result["jax_test_top1"] <= 1 and 0 <= result["torch_nudged_test_top1"] <= 1
+    # Accuracies can differ by at most the share of images whose predictions differ.
+    assert abs(result["test_top1_diff_points"]) <= 100 * (1 - result["test_agreement"]) + 1e-9
     result = parity(capsys, "resnet18", "--steps", "8", "--float64", "--lr", "0.01",
                     "--nesterov")  # fmt: skip
     assert result["max_rel_diff"] < 1e-9, result["max_rel_diff"]
@@ -109,8 +122,13 @@ def test_parity_train_resnet18_float32_and_float64(capsys):
 
 
 def test_parity_train_vgg11_bn_without_dropout(capsys):
-    result = parity(capsys, "vgg11_bn", "--steps", "2", "--image-size", "32")
-    assert result["max_rel_diff"] < 1e-4
+    """VGG's train step (BatchNorm, max pooling, classifier, dropout 0) in float64, two steps:
+    the first update is the same computation. In float32 the second loss differs by whatever
+    ReLU flips rounding causes on the CPU at hand (see the ResNet-18 test)."""
+    result = parity(capsys, "vgg11_bn", "--steps", "2", "--image-size", "32", "--batch-size",
+                    "4", "--float64")  # fmt: skip
+    assert result["max_rel_diff"] < 1e-9, result["max_rel_diff"]
+    assert result["jax_losses"][1] != result["jax_losses"][0]  # the update changed the model
 
 
 def test_parity_train_bad_input(capsys):

@@ -178,6 +178,7 @@ def test_registry_errors():
     assert jaxnets.list_models() == sorted(TORCHVISION_PARAMS)
 
 
+@pytest.mark.float32
 def test_remat_keeps_parameters_and_gradients():
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
     plain = jaxnets.create_model("resnet18", num_classes=10)

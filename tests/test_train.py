@@ -78,6 +78,11 @@ def test_bad_values_are_rejected_with_one_line():
         base_config().batch_sise = 3  # locked: a misspelt key cannot be added
 
 
+def with_xla_flag(flag: str) -> str:
+    """XLA_FLAGS plus `flag`: keeps the flags a CPU-variant run sets (scripts/cpu_variants.sh)."""
+    return f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+
+
 def run_train(*args, env=None):
     return subprocess.run(
         [sys.executable, "-m", "train", "--config", str(REPO / "configs" / "digits.py"), *args],
@@ -178,20 +183,23 @@ def test_fine_tuning_from_a_torchvision_file_with_a_new_head(tmp_path):
     assert not np.any(updates["conv1"]["kernel"]) and np.all(updates["fc"]["kernel"] != 0)
 
 
+@pytest.mark.float32
 def test_four_devices_match_one_device_on_the_same_global_batch(tmp_path):
-    """After one step the parameters agree to float noise, so gradients are averaged over the
-    global batch and BatchNorm statistics are global. Later steps are compared by loss only:
-    this tiny setup (batch 16, flat-background digits, BatchNorm over few samples) is chaotic,
-    and a 1-device run fed the same batches in another order drifts as far within 3 steps."""
+    """The first loss (a forward pass at the same weights) agrees to rounding, and after one step
+    the parameters agree to float noise, so gradients are averaged over the global batch and
+    BatchNorm statistics are global. Later losses are not compared: after the first update they
+    differ by whatever ReLU flips float32 rounding causes on the CPU at hand (~1e-3 each in this
+    1x1-map setup, then growing: docs/tolerances.md)."""
     from train.train import train_and_evaluate
 
-    train_and_evaluate(tiny_config(max_steps=3, checkpoint_every_steps=1), tmp_path / "one")
+    train_and_evaluate(tiny_config(max_steps=2, checkpoint_every_steps=1), tmp_path / "one")
     result = run_train(
         "--workdir", str(tmp_path / "four"), "--config.image_size=16", "--config.batch_size=16",
-        "--config.eval_batch_size=64", "--config.num_epochs=1", "--config.max_steps=3",
+        "--config.eval_batch_size=64", "--config.num_epochs=1", "--config.max_steps=2",
         "--config.checkpoint_every_steps=1", "--config.log_every_steps=1",
         "--config.progress_bar=False", "--config.augment=none", "--config.warmup_epochs=0",
-        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"},
+        env={"XLA_FLAGS": with_xla_flag("--xla_force_host_platform_device_count=4"),
+             "JAX_PLATFORMS": "cpu"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((tmp_path / "four" / "summary.json").read_text())["devices"] == 4
@@ -199,14 +207,15 @@ def test_four_devices_match_one_device_on_the_same_global_batch(tmp_path):
     _, four = final_params(tmp_path / "four", step=1)
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four), strict=True):
         assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
-    losses = [
-        [json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").open()
-         if '"train"' in line]
+    first_losses = [
+        next(json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").open()
+             if '"train"' in line)
         for run in ("one", "four")
     ]  # fmt: skip
-    np.testing.assert_allclose(losses[0], losses[1], rtol=0.02)
+    np.testing.assert_allclose(first_losses[0], first_losses[1], rtol=2e-5)
 
 
+@pytest.mark.float32
 def test_optimizer_matches_torch_sgd_with_weight_decay_momentum_and_nesterov():
     for nesterov in (False, True):
         config = base_config()
@@ -336,6 +345,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.float32
 def test_two_processes_train_like_one_and_resume(tmp_path):
     """Two processes (one CPU device each, gloo collectives) against one process with two
     devices, on the same global batches: the same parameters. The two-process run stops after
@@ -347,7 +357,8 @@ def test_two_processes_train_like_one_and_resume(tmp_path):
               "--config.warmup_epochs=0"]  # fmt: skip
     one = run_train(
         "--workdir", str(tmp_path / "one"), *common, "--config.max_steps=4",
-        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"},
+        env={"XLA_FLAGS": with_xla_flag("--xla_force_host_platform_device_count=2"),
+             "JAX_PLATFORMS": "cpu"},
     )  # fmt: skip
     assert one.returncode == 0, one.stderr[-2000:]
 

@@ -25,12 +25,14 @@ def test_eval_logits_match_torchvision(name, highest_precision):
     torch_model = torchvision_model(name, num_classes=10).eval()
     variables = from_torchvision(name, torch_model.state_dict())
     model = jaxnets.create_model(name, num_classes=10)
+    # Compiled, as users run it (and 2-8x faster here than op-by-op dispatch).
+    apply = jax.jit(lambda variables, x: model.apply(variables, x, train=False))
     # 97x131 is odd, non-square, and below VGG's 7x7 and AlexNet's 6x6 pooling grids.
     for batch, size in [(1, (224, 224)), (2, (97, 131))]:
         x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             expected = torch_model(x).numpy()
-        actual = model.apply(variables, jnp.asarray(nhwc(x)), train=False)
+        actual = apply(variables, jnp.asarray(nhwc(x)))
         assert relative_error(actual, expected) < TOLERANCE, (
             size,
             relative_error(actual, expected),
@@ -80,6 +82,7 @@ def test_adaptive_avg_pool_matches_torch_at_every_size(in_size):
         np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.float32
 @pytest.mark.parametrize(
     "shape, window, stride, padding",
     [((2, 16, 16, 3), 3, 2, 1), ((2, 15, 17, 3), 3, 2, 1), ((2, 13, 13, 4), 3, 2, 0),

@@ -1,13 +1,36 @@
-"""jaxnets: torchvision's classic image classifiers in JAX/Flax, numerically faithful."""
+"""jaxnets: torchvision's classic image classifiers in JAX/Flax, numerically faithful.
 
-from jaxnets.xla_flags import set_cpu_flags
+    import jaxnets
 
-set_cpu_flags()  # before JAX starts a backend: see jaxnets/xla_flags.py
+    jaxnets.list_models()                      # ['alexnet', 'resnet101', ...]
+    model = jaxnets.create_model("resnet50", num_classes=10)
+    variables = jaxnets.from_torchvision("resnet50", "resnet50-0676ba61.pth",
+                                         num_classes=10, reinit_head=True)
+    logits = model.apply(variables, images_nhwc, train=False)
+    state_dict = jaxnets.to_torchvision("resnet50", variables)
+
+Importing jaxnets has no side effects on the process (environment, devices); the measured
+XLA:CPU flags are one explicit call, `jaxnets.use_fast_cpu_flags()`.
+"""
 
 # Importing the model families registers their builders.
-from jaxnets import alexnet, resnet, vgg  # noqa: E402, F401
-from jaxnets.registry import create_model, head_module, list_models  # noqa: E402
+from jaxnets import alexnet, resnet, vgg  # noqa: F401
+from jaxnets.convert import from_torchvision, to_torchvision
+from jaxnets.pretrained import list_weights, load_pretrained
+from jaxnets.registry import ModelInfo, create_model, head_module, list_models, model_info
+from jaxnets.xla_flags import use_fast_cpu_flags
 
 __version__ = "0.1.0"
 
-__all__ = ["create_model", "head_module", "list_models"]
+__all__ = [
+    "ModelInfo",
+    "create_model",
+    "from_torchvision",
+    "head_module",
+    "list_models",
+    "list_weights",
+    "load_pretrained",
+    "model_info",
+    "to_torchvision",
+    "use_fast_cpu_flags",
+]

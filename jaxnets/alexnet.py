@@ -16,7 +16,7 @@ from jaxnets.layers import (
     torch_default_bias,
     torch_default_kernel,
 )
-from jaxnets.registry import register_model
+from jaxnets.registry import ModelInfo, register_model
 
 # (torchvision features index, out channels, kernel, stride, padding, max-pool after)
 _FEATURES = (
@@ -82,7 +82,12 @@ class AlexNet(nn.Module):
         return x.astype(jnp.promote_types(jnp.float32, self.dtype))  # logits in >= float32
 
 
-@register_model(head="classifier_6")
+# The 11x11/4 stem and three unpadded 3x3/2 max pools need 63 pixels.
+INFO = ModelInfo(head="classifier_6", stem="features_0", dropout=True, options=("dropout",),
+                 min_input_size=63)  # fmt: skip
+
+
+@register_model(INFO)
 def alexnet(**kwargs) -> AlexNet:
     """AlexNet (torchvision.models.alexnet): 61.1M parameters."""
     return AlexNet(**kwargs)

@@ -77,9 +77,8 @@ def jaxnets_runner(name: str, s: BenchSettings) -> Runner:
     from jaxnets.xla_flags import donates_train_state
 
     dtype = jnp.bfloat16 if s.dtype == "bfloat16" else jnp.float32
-    model = jaxnets.create_model(name, num_classes=1000, dtype=dtype)
-    if s.remat and hasattr(model, "remat"):  # ResNets; the others have no residual blocks
-        model = model.clone(remat=True)
+    remat = {"remat": True} if s.remat and jaxnets.model_info(name).residual_blocks else {}
+    model = jaxnets.create_model(name, num_classes=1000, dtype=dtype, **remat)
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.normal(size=(s.batch_size, s.image_size, s.image_size, 3)),
                          jnp.float32)  # fmt: skip

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_bench(commands)
 
     args = parser.parse_args(argv)
+    from jaxnets.xla_flags import use_fast_cpu_flags
+
+    use_fast_cpu_flags()  # the entry point's choice, made before JAX starts
     try:
         return args.run(args)
     except USER_ERRORS as e:

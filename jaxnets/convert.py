@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnets.registry import create_model, head_module, list_models
+from jaxnets.registry import create_model, head_module, list_models, model_info
 
 PathLike = str | os.PathLike
 FlatKey = tuple[str, ...]  # (collection, module, ..., leaf)
@@ -264,27 +264,46 @@ def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(flax_shape)) if len(flax_shape) == 2 else tuple(flax_shape)
 
 
-def _target_shapes(name: str, num_classes: int, model_items: tuple = ()) -> dict[FlatKey, Any]:
+def _sample_input(name: str, in_channels: int) -> jax.Array:
+    """An input of the architecture's own size (its ModelInfo.input_size), one image."""
+    size = model_info(name).input_size
+    return jnp.zeros((1, size, size, in_channels))
+
+
+def _target_shapes(
+    name: str, num_classes: int, model_items: tuple = (), in_channels: int = 3
+) -> dict[FlatKey, Any]:
     """Flat {(collection, *path): ShapeDtypeStruct} of the model's variables; nothing allocated."""
     # The dtypes depend on jax_enable_x64, so it is part of the cache key.
-    return _cached_target_shapes(name, num_classes, model_items, jax.config.jax_enable_x64)
+    x64 = jax.config.jax_enable_x64
+    return _cached_target_shapes(name, num_classes, model_items, in_channels, x64)
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_target_shapes(name, num_classes, model_items, x64) -> dict[FlatKey, Any]:
+def _cached_target_shapes(name, num_classes, model_items, in_channels, x64):
     model = create_model(name, num_classes=num_classes, **dict(model_items))
-    # 224x224 fits every architecture (AlexNet needs at least 63); eval_shape only traces.
-    variables = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)
-    )
+    x = _sample_input(name, in_channels)  # eval_shape only traces
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
     return dict(flatten_tree(variables))
 
 
-def torch_shapes(name: str, num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
+def _stem_torch_key(name: str) -> str:
+    return flax_to_torch_key(("params", model_info(name).stem, "kernel"))
+
+
+def _input_channels(name: str, state: Mapping[str, np.ndarray]) -> int:
+    """The input channels of torch weights, read off the first convolution (3 if absent)."""
+    weight = state.get(_stem_torch_key(name))
+    return int(weight.shape[1]) if weight is not None and weight.ndim == 4 else 3
+
+
+def torch_shapes(
+    name: str, num_classes: int = 1000, in_channels: int = 3
+) -> dict[str, tuple[int, ...]]:
     """The torch state_dict keys and shapes of an architecture (num_batches_tracked left out)."""
     return {
         flax_to_torch_key(k): _torch_shape(v.shape)
-        for k, v in _target_shapes(name, num_classes).items()
+        for k, v in _target_shapes(name, num_classes, in_channels=in_channels).items()
     }
 
 
@@ -323,7 +342,7 @@ def _looks_like(state: Mapping[str, np.ndarray]) -> str | None:
         classes = _head_classes(candidate, state)
         if classes is None:
             continue
-        if torch_shapes(candidate, classes) == found:
+        if torch_shapes(candidate, classes, _input_channels(candidate, state)) == found:
             return candidate
     return None
 
@@ -347,6 +366,10 @@ def from_torchvision(
     **model_kwargs,
 ) -> dict[str, dict]:
     """Converts torchvision weights into Flax variables for `create_model(name, ...)`.
+
+    Example:
+      >>> variables = jaxnets.from_torchvision("resnet18", "resnet18-f37072fd.pth")
+      >>> jaxnets.create_model("resnet18").apply(variables, images_nhwc, train=False)
 
     Args:
       name: architecture name, e.g. "resnet50".
@@ -383,7 +406,8 @@ def from_torchvision(
         state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
         dropped_head = True
 
-    targets = _target_shapes(name, num_classes, tuple(sorted(model_kwargs.items())))
+    in_channels = _input_channels(name, state)
+    targets = _target_shapes(name, num_classes, tuple(sorted(model_kwargs.items())), in_channels)
     filled: dict[FlatKey, np.ndarray] = {}
     unexpected, mismatched, mismatched_keys = [], [], set()
     for torch_key, array in state.items():
@@ -405,7 +429,7 @@ def from_torchvision(
     missing_keys = [k for k in targets if k not in filled and k not in mismatched_keys]
     if dropped_head:
         missing_keys = [k for k in missing_keys if k[1] != head]
-        filled.update(_init_head(name, num_classes, seed, model_kwargs))
+        filled.update(_init_head(name, num_classes, seed, model_kwargs, in_channels))
     missing = [flax_to_torch_key(k) for k in missing_keys]
 
     if missing or unexpected or mismatched:
@@ -427,20 +451,26 @@ def from_torchvision(
     return jax.device_put(variables)
 
 
-def _init_head(name: str, num_classes: int, seed: int, model_kwargs) -> dict[FlatKey, Any]:
+def _init_head(
+    name: str, num_classes: int, seed: int, model_kwargs, in_channels: int
+) -> dict[FlatKey, Any]:
     model = create_model(name, num_classes=num_classes, **model_kwargs)
     head = head_module(name)
 
     # Only the head leaves are returned, so XLA prunes the rest of the initialization.
     @jax.jit
     def init_head(key):
-        return model.init(key, jnp.zeros((1, 224, 224, 3)), train=False)["params"][head]
+        return model.init(key, _sample_input(name, in_channels), train=False)["params"][head]
 
     return {("params", head, k): v for k, v in init_head(jax.random.key(seed)).items()}
 
 
 def to_torchvision(name: str, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Converts Flax variables of `create_model(name, ...)` into a torchvision state_dict.
+
+    Example:
+      >>> state = jaxnets.to_torchvision("resnet18", variables)
+      >>> torch.save({k: torch.from_numpy(v) for k, v in state.items()}, "resnet18.pth")
 
     Args:
       name: architecture name.
@@ -458,7 +488,9 @@ def to_torchvision(name: str, variables: Mapping[str, Any]) -> dict[str, np.ndar
     }
     head_kernel = flat.get(("params", head_module(name), "kernel"))
     num_classes = int(head_kernel.shape[-1]) if head_kernel is not None else 1000
-    targets = _target_shapes(name, num_classes)
+    stem_kernel = flat.get(("params", model_info(name).stem, "kernel"))
+    in_channels = int(stem_kernel.shape[2]) if stem_kernel is not None else 3
+    targets = _target_shapes(name, num_classes, in_channels=in_channels)
     missing = [flax_to_torch_key(k) for k in targets if k not in flat]
     unexpected = ["/".join(k) for k in flat if k not in targets]
     mismatched = [

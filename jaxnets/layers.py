@@ -7,10 +7,11 @@ floor/ceil bins. Each of those is spelled out here rather than left to a Flax de
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -44,6 +45,35 @@ def torch_default_bias(fan_in: int) -> Initializer:
 def pad2(p: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """Symmetric (torch-style) spatial padding of p pixels on every side."""
     return ((p, p), (p, p))
+
+
+# Three formulations here were tuned on XLA:CPU and measured there only: BatchNorm's written-out
+# backward pass, max pooling's written-out backward pass, and 1x1 convolutions as matrix
+# products. On other backends XLA's own forms (autodiff of the forward pass, reduce_window with
+# select_and_scatter, a 1x1 convolution) are the reference until a GPU/TPU measurement says
+# otherwise. The choice is made when a function is traced, from the backend it will run on.
+_FORMS = ("cpu", "xla")
+_forced_forms: list[str] = []
+
+
+def uses_cpu_forms() -> bool:
+    """Whether code traced now uses the formulations tuned on XLA:CPU (see above)."""
+    if _forced_forms:
+        return _forced_forms[-1] == "cpu"
+    return jax.default_backend() == "cpu"
+
+
+@contextlib.contextmanager
+def forms(kind: str) -> Iterator[None]:
+    """Traces inside use the "cpu" or the "xla" formulations whatever the backend, to compare
+    them (jit caches a trace: build the jitted function inside the block)."""
+    if kind not in _FORMS:
+        raise ValueError(f"forms {kind!r}: expected one of {', '.join(_FORMS)}")
+    _forced_forms.append(kind)
+    try:
+        yield
+    finally:
+        _forced_forms.pop()
 
 
 class BatchNorm(nn.Module):
@@ -93,7 +123,8 @@ class BatchNorm(nn.Module):
         if x.shape[0] % groups:
             raise ValueError(f"BatchNorm: batch {x.shape[0]} is not divisible by {groups} groups")
         xg = x.reshape((groups, x.shape[0] // groups, *x.shape[1:]))
-        y, mean, var = _batch_norm_train(
+        batch_norm = _batch_norm_train if uses_cpu_forms() else _batch_norm_train_autodiff
+        y, mean, var = batch_norm(
             xg, scale.astype(stats_dtype), bias.astype(stats_dtype), self.epsilon
         )
         n = math.prod(xg.shape[1:-1])
@@ -114,6 +145,11 @@ def _batch_norm_train(xg, scale, bias, epsilon):
     Statistics are reduced over every axis but the first (group) and last (channel), in the
     dtype of scale; mean and var keep those axes as size 1.
     """
+    return _batch_norm_train_forward(xg, scale, bias, epsilon)[0]
+
+
+def _batch_norm_train_autodiff(xg, scale, bias, epsilon):
+    """_batch_norm_train, differentiated by JAX (the form for backends other than CPU)."""
     return _batch_norm_train_forward(xg, scale, bias, epsilon)[0]
 
 
@@ -162,7 +198,7 @@ class PointwiseConv(nn.Module):
     kernel, but XLA:CPU runs a matrix product and its gradients several times faster than a
     1x1 convolution, whose weight gradient takes a slow generic convolution path (54 ms vs 7 ms
     for 16x32x32x256 -> 64 on this project's 2-core CPU). ResNet-50's bottlenecks are two
-    thirds 1x1 convolutions.
+    thirds 1x1 convolutions. On other backends it is a 1x1 convolution (see uses_cpu_forms).
     """
 
     features: int
@@ -180,9 +216,14 @@ class PointwiseConv(nn.Module):
         kernel = self.param(
             "kernel", self.kernel_init, (1, 1, in_features, self.features), self.param_dtype
         )
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        if not uses_cpu_forms():
+            strides = (self.strides, self.strides)
+            return jax.lax.conv_general_dilated(
+                x, kernel, strides, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
         if self.strides != 1:
             x = x[:, :: self.strides, :: self.strides, :]  # the pixels a 1x1/s conv reads
-        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
         n, h, w, _ = x.shape
         y = jnp.dot(x.reshape(n * h * w, in_features), kernel.reshape(in_features, self.features))
         return y.reshape(n, h, w, self.features)
@@ -199,7 +240,8 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
     at its input position. Like torch, the first maximum in window order wins a tie, a NaN wins
     over numbers, and an input that is the maximum of several windows sums their gradients in
     torch's order (output positions in row-major order), so gradients are bit-identical to
-    torch's.
+    torch's. That is the CPU form; other backends run XLA's reduce_window, whose gradient
+    (select_and_scatter) may give a tie to another maximum (see uses_cpu_forms).
 
     Raises:
       ValueError: where torch's MaxPool2d raises: padding over half the window, or an input
@@ -212,6 +254,11 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
         raise ValueError(
             f"max pool {window}x{window}, padding {padding}: input {h}x{w} is smaller than one "
             "window (a larger image is needed)"
+        )
+    if not uses_cpu_forms():  # XLA's reduce_window; its gradient is a select_and_scatter
+        pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+        return jax.lax.reduce_window(
+            x, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1), pads
         )
     return _max_pool(x, window, stride, padding, (h, w))
 

@@ -136,7 +136,12 @@ WEIGHTS: dict[tuple[str, str], Weights] = _table()
 
 
 def list_weights(arch: str | None = None) -> list[Weights]:
-    """All known weight sets, or those of one architecture."""
+    """All known weight sets, or those of one architecture.
+
+    Example:
+      >>> [w.tag for w in jaxnets.list_weights("resnet50")]
+      ['IMAGENET1K_V1', 'IMAGENET1K_V2']
+    """
     return [w for (a, _), w in WEIGHTS.items() if arch is None or a == arch]
 
 
@@ -234,6 +239,11 @@ def load_pretrained(
     use_cache: bool = True,
 ) -> tuple[dict[str, Any], Weights]:
     """Loads torchvision's pretrained weights for `name` as Flax variables.
+
+    Example:
+      >>> variables, weights = jaxnets.load_pretrained("resnet50", "IMAGENET1K_V2")
+      >>> weights.resize, weights.crop  # the preprocessing these weights were evaluated with
+      (232, 224)
 
     Args:
       name: architecture name.

@@ -23,7 +23,7 @@ from jaxnets.layers import (
     torch_default_bias,
     torch_default_kernel,
 )
-from jaxnets.registry import register_model
+from jaxnets.registry import ModelInfo, register_model
 
 ModuleDef = Any
 
@@ -193,65 +193,77 @@ def _conv(features, kernel_size, strides, padding, **kwargs) -> nn.Module:
     return nn.Conv(features, kernel_size, strides=strides, padding=padding, **kwargs)
 
 
+# ResNet, ResNeXt and Wide ResNet: residual blocks, BatchNorm, no dropout; any input of at least
+# one pixel (the stem and the max pool pad).
+INFO = ModelInfo(
+    head="fc",
+    stem="conv1",
+    residual_blocks=True,
+    batch_norm=True,
+    options=("zero_init_residual", "groups", "width_per_group", "replace_stride_with_dilation",
+             "bn_batch_groups", "remat"),
+)  # fmt: skip
+
+
 def _resnet(block, layers, kwargs, **defaults) -> ResNet:
     return ResNet(block=block, layers=layers, **{**defaults, **kwargs})
 
 
-@register_model(head="fc")
+@register_model(INFO)
 def resnet18(**kwargs) -> ResNet:
     """ResNet-18."""
     return _resnet(BasicBlock, (2, 2, 2, 2), kwargs)
 
 
-@register_model(head="fc")
+@register_model(INFO)
 def resnet34(**kwargs) -> ResNet:
     """ResNet-34."""
     return _resnet(BasicBlock, (3, 4, 6, 3), kwargs)
 
 
-@register_model(head="fc")
+@register_model(INFO)
 def resnet50(**kwargs) -> ResNet:
     """ResNet-50 (v1.5)."""
     return _resnet(Bottleneck, (3, 4, 6, 3), kwargs)
 
 
-@register_model(head="fc")
+@register_model(INFO)
 def resnet101(**kwargs) -> ResNet:
     """ResNet-101 (v1.5)."""
     return _resnet(Bottleneck, (3, 4, 23, 3), kwargs)
 
 
-@register_model(head="fc")
+@register_model(INFO)
 def resnet152(**kwargs) -> ResNet:
     """ResNet-152 (v1.5)."""
     return _resnet(Bottleneck, (3, 8, 36, 3), kwargs)
 
 
-@register_model(head="fc")
+@register_model(INFO)
 def resnext50_32x4d(**kwargs) -> ResNet:
     """ResNeXt-50 32x4d."""
     return _resnet(Bottleneck, (3, 4, 6, 3), kwargs, groups=32, width_per_group=4)
 
 
-@register_model(head="fc")
+@register_model(INFO)
 def resnext101_32x8d(**kwargs) -> ResNet:
     """ResNeXt-101 32x8d."""
     return _resnet(Bottleneck, (3, 4, 23, 3), kwargs, groups=32, width_per_group=8)
 
 
-@register_model(head="fc")
+@register_model(INFO)
 def resnext101_64x4d(**kwargs) -> ResNet:
     """ResNeXt-101 64x4d."""
     return _resnet(Bottleneck, (3, 4, 23, 3), kwargs, groups=64, width_per_group=4)
 
 
-@register_model(head="fc")
+@register_model(INFO)
 def wide_resnet50_2(**kwargs) -> ResNet:
     """Wide ResNet-50-2: bottleneck twice as wide."""
     return _resnet(Bottleneck, (3, 4, 6, 3), kwargs, width_per_group=128)
 
 
-@register_model(head="fc")
+@register_model(INFO)
 def wide_resnet101_2(**kwargs) -> ResNet:
     """Wide ResNet-101-2."""
     return _resnet(Bottleneck, (3, 4, 23, 3), kwargs, width_per_group=128)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -16,7 +17,7 @@ from jaxnets.layers import (
     max_pool,
     pad2,
 )
-from jaxnets.registry import register_model
+from jaxnets.registry import ModelInfo, register_model
 
 # torchvision's cfgs: output channels of each 3x3 convolution, "M" for a 2x2 max pool.
 CFGS: dict[str, tuple[int | str, ...]] = {
@@ -98,53 +99,59 @@ class VGG(nn.Module):
         return x.astype(jnp.promote_types(jnp.float32, self.dtype))  # logits in >= float32
 
 
+# Five 2x2 max pools need 32 pixels; dropout in the classifier; the `_bn` variants add BatchNorm.
+INFO = ModelInfo(head="classifier_6", stem="features_0", dropout=True, options=("dropout",),
+                 min_input_size=32)  # fmt: skip
+INFO_BN = dataclasses.replace(INFO, batch_norm=True, options=("dropout", "bn_batch_groups"))
+
+
 def _vgg(cfg: str, batch_norm: bool, kwargs) -> VGG:
     return VGG(cfg=CFGS[cfg], batch_norm=batch_norm, **kwargs)
 
 
-@register_model(head="classifier_6")
+@register_model(INFO)
 def vgg11(**kwargs) -> VGG:
     """VGG-11 (configuration A)."""
     return _vgg("A", False, kwargs)
 
 
-@register_model(head="classifier_6")
+@register_model(INFO_BN)
 def vgg11_bn(**kwargs) -> VGG:
     """VGG-11 with BatchNorm."""
     return _vgg("A", True, kwargs)
 
 
-@register_model(head="classifier_6")
+@register_model(INFO)
 def vgg13(**kwargs) -> VGG:
     """VGG-13 (configuration B)."""
     return _vgg("B", False, kwargs)
 
 
-@register_model(head="classifier_6")
+@register_model(INFO_BN)
 def vgg13_bn(**kwargs) -> VGG:
     """VGG-13 with BatchNorm."""
     return _vgg("B", True, kwargs)
 
 
-@register_model(head="classifier_6")
+@register_model(INFO)
 def vgg16(**kwargs) -> VGG:
     """VGG-16 (configuration D)."""
     return _vgg("D", False, kwargs)
 
 
-@register_model(head="classifier_6")
+@register_model(INFO_BN)
 def vgg16_bn(**kwargs) -> VGG:
     """VGG-16 with BatchNorm."""
     return _vgg("D", True, kwargs)
 
 
-@register_model(head="classifier_6")
+@register_model(INFO)
 def vgg19(**kwargs) -> VGG:
     """VGG-19 (configuration E)."""
     return _vgg("E", False, kwargs)
 
 
-@register_model(head="classifier_6")
+@register_model(INFO_BN)
 def vgg19_bn(**kwargs) -> VGG:
     """VGG-19 with BatchNorm."""
     return _vgg("E", True, kwargs)

@@ -11,14 +11,19 @@ out of YNNPACK's share and leaves its matrix products where they are; ResNet tra
 scheduler (see CPU_FLAGS). The flags only concern the CPU backend. donates_train_state says
 where a train step should donate its state.
 
-XLA reads XLA_FLAGS when JAX starts its first backend, so this runs when jaxnets is imported and
-has no effect on a process that ran JAX computations before. A flag the user already set in
-XLA_FLAGS is left as it is; JAXNETS_XLA_FLAGS=0 turns the defaults off.
+Importing jaxnets changes nothing: the entry points (`python -m train`, `jaxnets ...`) call
+`use_fast_cpu_flags()` before JAX starts, and a user's own script opts in with one line. XLA reads
+XLA_FLAGS when JAX starts its first backend, so the call has no effect (and warns) in a process
+that ran JAX computations before. A flag the user already set in XLA_FLAGS is left as it is;
+JAXNETS_XLA_FLAGS=0 turns the defaults off. The flags are applied only with the jaxlib series
+they were measured on: an unknown flag stops XLA at start-up, and a newer XLA may have renamed
+them or made them moot.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import MutableMapping
 from importlib import metadata
 
@@ -30,8 +35,8 @@ CPU_FLAGS = {
     "xla_cpu_experimental_ynn_fusion_type": "-individual_convolution",
     "xla_cpu_enable_concurrency_optimized_scheduler": "false",
 }
-# The first jaxlib whose XLA knows these flags (an unknown flag stops XLA at startup).
-MIN_JAXLIB = (0, 10)
+# The jaxlib (major, minor) whose XLA:CPU the flags were measured on, and know.
+MEASURED_JAXLIB = (0, 10)
 
 
 def _jaxlib_version() -> tuple[int, ...]:
@@ -42,10 +47,38 @@ def _jaxlib_version() -> tuple[int, ...]:
     return tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
 
 
-def set_cpu_flags(environ: MutableMapping[str, str] = os.environ) -> list[str]:
+def use_fast_cpu_flags() -> list[str]:
+    """Turns on the XLA:CPU flags jaxnets measured as faster (see this module); call it before
+    the first JAX computation. Example:
+
+        import jaxnets
+        jaxnets.use_fast_cpu_flags()  # then build, convert, train as usual
+
+    Returns:
+      The flags added to os.environ['XLA_FLAGS']: none with JAXNETS_XLA_FLAGS=0, with another
+      jaxlib than MEASURED_JAXLIB, or when JAX has already started (a warning says so then).
+    """
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        if set_cpu_flags(dict(os.environ)):  # there were flags to add: say why they are not
+            warnings.warn(
+                "jaxnets.use_fast_cpu_flags(): JAX has already started, XLA_FLAGS are read "
+                "once: call it before the first JAX computation",
+                stacklevel=2,
+            )
+        return []
+    return set_cpu_flags(os.environ)
+
+
+def set_cpu_flags(
+    environ: MutableMapping[str, str], jaxlib_version: tuple[int, ...] | None = None
+) -> list[str]:
     """Appends jaxnets' CPU flags to environ['XLA_FLAGS'], except those already there; returns
-    the flags added."""
-    if environ.get("JAXNETS_XLA_FLAGS", "1") == "0" or _jaxlib_version() < MIN_JAXLIB:
+    the flags added. `jaxlib_version` defaults to the installed one."""
+    if jaxlib_version is None:
+        jaxlib_version = _jaxlib_version()
+    if environ.get("JAXNETS_XLA_FLAGS", "1") == "0" or jaxlib_version != MEASURED_JAXLIB:
         return []
     present = environ.get("XLA_FLAGS", "")
     added = [

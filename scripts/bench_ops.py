@@ -20,7 +20,10 @@ import sys
 
 import numpy as np
 
-from jaxnets.bench import _timed  # sets jaxnets' XLA flags; the child opts out
+import jaxnets
+from jaxnets.bench import _timed
+
+jaxnets.use_fast_cpu_flags()  # the child, started with JAXNETS_XLA_FLAGS=0, opts out
 
 BATCH = 16
 # name: (input NHWC shape, kernel size, stride, padding, output channels, input needs gradient)

@@ -24,6 +24,7 @@ from jaxnets.convert import from_torchvision
 
 
 def main():
+    jaxnets.use_fast_cpu_flags()  # as the README's numbers were measured
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--models", default=",".join(jaxnets.list_models()))

@@ -36,6 +36,9 @@ import torchvision  # noqa: E402
 
 import jaxnets  # noqa: E402
 
+# The suite runs with the flags the entry points set (JAXNETS_XLA_FLAGS=0 to test without).
+jaxnets.use_fast_cpu_flags()
+
 # pytest-xdist runs one worker per core; scripts/cpu_variants.sh changes it to vary torch's
 # reduction order.
 torch.set_num_threads(int(os.environ.get("JAXNETS_TEST_TORCH_THREADS", "1")))
@@ -102,6 +105,9 @@ def highest_precision():
 
 
 ALL_MODELS = jaxnets.list_models()
+TORCHVISION_MODELS = sorted(TORCHVISION_PARAMS)  # those with a torchvision original
+# Families from the papers, each checked against a torch module written in its test file.
+HISTORIC_MODELS: list[str] = []
 
 
 # Data for the input-pipeline and training tests.

@@ -15,7 +15,6 @@ import torch
 import torchvision
 from conftest import torchvision_model
 
-import jaxnets
 from jaxnets import cli, pretrained
 from jaxnets.convert import ConversionError, from_torchvision, load_state_dict, to_torchvision
 
@@ -158,7 +157,9 @@ def test_to_torchvision_rejects_variables_of_another_architecture(resnet18_state
 
 
 def test_metadata_matches_torchvision_weight_enums():
-    for name in jaxnets.list_models():
+    from conftest import TORCHVISION_MODELS
+
+    for name in TORCHVISION_MODELS:
         ours = {w.tag: w for w in pretrained.list_weights(name)}
         theirs = {w.name: w for w in torchvision.models.get_model_weights(name)}
         assert set(ours) == set(theirs), name

@@ -6,15 +6,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ALL_MODELS, TORCHVISION_PARAMS
+from conftest import ALL_MODELS, HISTORIC_MODELS, TORCHVISION_MODELS, TORCHVISION_PARAMS
 
 import jaxnets
 from jaxnets import registry
 
 
 def input_size(name: str) -> int:
-    # AlexNet's 11x11/4 stem and three VALID pools need at least 63 pixels.
-    return 64 if name == "alexnet" else 32
+    info = jaxnets.model_info(name)
+    return info.input_size if info.fixed_input_size else max(32, info.min_input_size)
 
 
 def init(model, size=(32, 32), batch=2, seed=0):
@@ -22,11 +22,11 @@ def init(model, size=(32, 32), batch=2, seed=0):
     return model.init(jax.random.key(seed), x, train=False), x
 
 
-def test_lists_all_19_architectures():
-    assert jaxnets.list_models() == sorted(TORCHVISION_PARAMS)
+def test_lists_torchvisions_19_architectures_and_the_historic_ones():
+    assert jaxnets.list_models() == sorted([*TORCHVISION_PARAMS, *HISTORIC_MODELS])
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", TORCHVISION_MODELS)
 def test_parameter_count_equals_torchvision(name):
     model = jaxnets.create_model(name)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
@@ -55,14 +55,15 @@ def random_variables(model, size, seed=0):
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_forward_backward_and_batch_stats(name):
     """One compiled pass per model (XLA compile time dominates here): eval-mode logits at a
-    square and a non-square size leave the statistics alone; a train-mode step gives every
-    parameter a non-zero gradient and moves every running statistic. Logit values are checked
-    against torchvision in test_convert.py."""
+    square and a non-square size (where the architecture takes one) leave the statistics alone;
+    a train-mode step gives every parameter a non-zero gradient and moves every running
+    statistic. Logit values are checked against torchvision in test_parity.py."""
     model = jaxnets.create_model(name, num_classes=7)
     s = input_size(name)
     variables = random_variables(model, (s, s))
     square = jax.random.normal(jax.random.key(1), (2, s, s, 3))
     non_square = jax.random.normal(jax.random.key(1), (2, s + 7, 2 * s + 3, 3))
+    eval_inputs = [square] if jaxnets.model_info(name).fixed_input_size else [square, non_square]
     x = jax.random.normal(jax.random.key(2), (4, s, s, 3)) * 3 + 1
     labels = jnp.arange(4) % 7
 
@@ -78,7 +79,7 @@ def test_forward_backward_and_batch_stats(name):
     def run(variables):
         evals = [
             model.apply(variables, image, train=False, mutable=["batch_stats"])
-            for image in (square, non_square)
+            for image in eval_inputs
         ]
         return evals, jax.grad(loss, has_aux=True)(variables["params"])
 
@@ -171,11 +172,11 @@ def test_registry_errors():
         jaxnets.create_model("resnet5")
     with pytest.raises(ValueError, match="'resnet18' is already registered"):
 
-        @registry.register_model(head="fc")
+        @registry.register_model(registry.model_info("resnet18"))
         def resnet18(**kwargs):
             return None
 
-    assert jaxnets.list_models() == sorted(TORCHVISION_PARAMS)
+    assert jaxnets.list_models() == sorted([*TORCHVISION_PARAMS, *HISTORIC_MODELS])
 
 
 @pytest.mark.float32
@@ -200,3 +201,53 @@ def test_remat_keeps_parameters_and_gradients():
     assert "remat" not in jaxprs[0] and "remat" in jaxprs[1]  # blocks are checkpointed
     grads = [grad_fn(m)(variables["params"]) for m in (plain, remat)]
     jax.tree.map(np.testing.assert_array_equal, *grads)
+
+
+def test_top_level_api_shows_a_call_for_each_function():
+    from jaxnets import convert, pretrained, registry
+
+    homes = {
+        "create_model": registry,
+        "list_models": registry,
+        "from_torchvision": convert,
+        "to_torchvision": convert,
+        "load_pretrained": pretrained,
+        "list_weights": pretrained,
+    }
+    for name, module in homes.items():
+        function = getattr(jaxnets, name)
+        assert function is getattr(module, name) and name in jaxnets.__all__
+        assert f"jaxnets.{name}(" in function.__doc__, name  # an example call
+    assert "jaxnets.use_fast_cpu_flags()" in jaxnets.use_fast_cpu_flags.__doc__
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_declared_facts_match_the_module(name):
+    """What each family declares beside its builder (ModelInfo) is what its module is."""
+    import dataclasses
+
+    info = jaxnets.model_info(name)
+    model = jaxnets.create_model(name, num_classes=7)
+    fields = {f.name for f in dataclasses.fields(model)}
+    assert set(info.options) <= fields, set(info.options) - fields
+    assert ("remat" in fields) == info.residual_blocks
+    assert ("dropout" in fields) == info.dropout
+    assert ("bn_batch_groups" in info.options) == info.batch_norm
+
+    def shapes(size):
+        x = jnp.zeros((1, size, size, 3))
+        return jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+
+    variables = shapes(info.input_size)
+    assert bool(variables.get("batch_stats")) == info.batch_norm
+    assert variables["params"][info.stem]["kernel"].ndim == 4  # the first convolution
+    assert variables["params"][info.head]["kernel"].shape[-1] == 7
+    shapes(info.min_input_size)
+    if info.min_input_size > 1:
+        with pytest.raises(ValueError):
+            shapes(info.min_input_size - 1)
+    if info.fixed_input_size:
+        with pytest.raises(ValueError):
+            shapes(info.input_size + 1)
+    else:
+        shapes(info.input_size + 1)

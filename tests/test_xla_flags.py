@@ -1,4 +1,5 @@
-"""jaxnets' CPU XLA flags: set on import, never over the user's own, and in effect."""
+"""jaxnets' CPU XLA flags: not set by an import, set by one explicit call (which the entry points
+make), never over the user's own, only with the jaxlib they were measured on, and in effect."""
 
 import json
 import os
@@ -10,6 +11,7 @@ from jaxnets import xla_flags
 CONVOLUTION_LIBRARY = """
 import json, os
 import jaxnets, jax, jax.numpy as jnp
+jaxnets.use_fast_cpu_flags()
 conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
 hlo = jax.jit(conv).lower(jnp.ones((1, 8, 8, 64)), jnp.ones((3, 3, 64, 64))).compile().as_text()
@@ -36,23 +38,50 @@ def test_set_cpu_flags_appends_and_respects_the_users_flags():
 
     opted_out = {"JAXNETS_XLA_FLAGS": "0"}
     assert xla_flags.set_cpu_flags(opted_out) == [] and "XLA_FLAGS" not in opted_out
+    # Another jaxlib may not know the flags (XLA stops at start-up on an unknown one).
+    newer = {}
+    assert xla_flags.set_cpu_flags(newer, jaxlib_version=(0, 11)) == [] and not newer
+    assert xla_flags.set_cpu_flags({}, jaxlib_version=xla_flags.MEASURED_JAXLIB) == added
 
 
-def run_fresh(extra_env: dict) -> dict:
+def run_fresh(script: str, extra_env: dict | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXNETS_XLA_FLAGS")}
-    result = subprocess.run(
-        [sys.executable, "-c", CONVOLUTION_LIBRARY], env={**env, **extra_env},
+    return subprocess.run(
+        [sys.executable, "-c", script], env={**env, **(extra_env or {})},
         capture_output=True, text=True, check=True,
     )  # fmt: skip
+
+
+def last_json(result: subprocess.CompletedProcess):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_importing_jaxnets_takes_convolutions_away_from_ynnpack():
-    """In a fresh process: with jaxnets' flags XLA:CPU compiles convolutions itself; with
+def test_importing_jaxnets_leaves_the_environment_alone():
+    result = run_fresh("import os, jaxnets; print(os.environ.get('XLA_FLAGS'))")
+    assert result.stdout.strip().splitlines()[-1] == "None"
+
+
+def test_the_call_takes_convolutions_away_from_ynnpack():
+    """In a fresh process: after use_fast_cpu_flags() XLA:CPU compiles convolutions itself; with
     JAXNETS_XLA_FLAGS=0 it hands them to YNNPACK, jaxlib's default (so the flag is what
     changed it)."""
-    assert run_fresh({}) == {"ynn": False, "flags": " ".join(xla_flags.set_cpu_flags({}))}
-    assert run_fresh({"JAXNETS_XLA_FLAGS": "0"})["ynn"] is True
+    ours = last_json(run_fresh(CONVOLUTION_LIBRARY))
+    assert ours == {"ynn": False, "flags": " ".join(xla_flags.set_cpu_flags({}))}
+    assert last_json(run_fresh(CONVOLUTION_LIBRARY, {"JAXNETS_XLA_FLAGS": "0"}))["ynn"] is True
+
+
+def test_the_call_after_jax_started_changes_nothing_and_says_why():
+    script = (
+        "import json, os, warnings, jax, jaxnets\n"
+        "jax.numpy.ones(1).block_until_ready()\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    added = jaxnets.use_fast_cpu_flags()\n"
+        "print(json.dumps([added, os.environ.get('XLA_FLAGS'), [str(w.message) for w in caught]]))"
+    )
+    added, flags, warned = last_json(run_fresh(script))
+    assert added == [] and flags is None
+    assert len(warned) == 1 and "call it before the first JAX computation" in warned[0]
 
 
 def test_train_state_is_donated_except_on_cpu():

@@ -13,11 +13,6 @@ AUGMENTATIONS = ("none", "pad_crop", "random_resized_crop")
 DTYPES = ("float32", "bfloat16")
 
 
-def is_resnet(model: str) -> bool:
-    """ResNet, ResNeXt and Wide ResNet: the models with residual blocks."""
-    return "resnet" in model or "resnext" in model
-
-
 class ConfigError(ValueError):
     """An invalid configuration value; the message is one line naming the key."""
 
@@ -129,7 +124,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
         (config.log_every_steps > 0, "log_every_steps", "> 0"),
         (not config.nesterov or config.momentum > 0, "nesterov", "used with momentum > 0"),
         (
-            not config.remat or is_resnet(config.model),
+            not config.remat or jaxnets.model_info(config.model).residual_blocks,
             "remat",
             "False for a model without residual blocks",
         ),

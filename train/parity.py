@@ -87,7 +87,7 @@ def _run(name: str, settings: ParitySettings) -> dict:
     num_classes = dataset.num_classes
 
     kwargs = {"num_classes": num_classes}
-    if name == "alexnet" or name.startswith("vgg"):
+    if jaxnets.model_info(name).dropout:
         kwargs["dropout"] = 0.0
     torch.manual_seed(settings.seed)
     torch_model = torchvision.models.get_model(name, **kwargs)  # float32 initialization

@@ -31,7 +31,7 @@ import jaxnets
 from jaxnets.xla_flags import donates_train_state
 from train import data as data_lib
 from train import metrics as metrics_lib
-from train.config import is_resnet, validate
+from train.config import validate
 from train.optim import learning_rate_schedule, make_optimizer
 
 
@@ -129,12 +129,13 @@ def eval_step(
 
 
 def create_model(config, num_classes: int, device_count: int):
+    info = jaxnets.model_info(config.model)
     kwargs = {"num_classes": num_classes, "dtype": jnp.dtype(config.dtype)}
-    if config.model == "alexnet" or config.model.startswith("vgg"):
+    if info.dropout:
         kwargs["dropout"] = config.dropout
-    if is_resnet(config.model):
+    if info.residual_blocks:
         kwargs.update(zero_init_residual=config.zero_init_residual, remat=config.remat)
-    if not config.bn_sync and (config.model.endswith("_bn") or is_resnet(config.model)):
+    if not config.bn_sync and info.batch_norm:
         # Per-device BatchNorm: each device's slice of the batch is normalized on its own.
         kwargs["bn_batch_groups"] = device_count
     return jaxnets.create_model(config.model, **kwargs)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxnets.layers import (
+    Dropout,
     adaptive_avg_pool,
     flatten_nchw,
     max_pool,
@@ -74,9 +75,9 @@ class AlexNet(nn.Module):
             if pool:
                 x = max_pool(x, 3, stride=2)
         x = flatten_nchw(adaptive_avg_pool(x, (6, 6)))
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = Dropout(self.dropout)(x, deterministic=not train)
         x = nn.relu(self._linear(x, 4096, "classifier_1"))
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = Dropout(self.dropout)(x, deterministic=not train)
         x = nn.relu(self._linear(x, 4096, "classifier_4"))
         x = self._linear(x, self.num_classes, "classifier_6")
         return x.astype(jnp.promote_types(jnp.float32, self.dtype))  # logits in >= float32

@@ -229,6 +229,32 @@ class PointwiseConv(nn.Module):
         return y.reshape(n, h, w, self.features)
 
 
+class Dropout(nn.Module):
+    """nn.Dropout, with the mask drawn in the input's sharding.
+
+    Under the training program's mesh the batch is explicitly sharded over devices; flax's
+    Dropout draws an unsharded mask, which jnp.where then refuses to pair with the sharded
+    input (AlexNet and VGG could not train with dropout).
+
+    Attributes:
+      rate: the probability of zeroing an element; kept ones are scaled by 1 / (1 - rate).
+    """
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0:
+            return x
+        if self.rate == 1:
+            return jnp.zeros_like(x)
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(
+            self.make_rng("dropout"), keep, x.shape, out_sharding=jax.typeof(x).sharding
+        )
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
 def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
     """torch.nn.MaxPool2d(window, stride, padding) on NHWC input, forward and backward.
 
@@ -307,8 +333,11 @@ def _computed_once(winner: jax.Array) -> jax.Array:
     """
     block = math.gcd(winner.shape[-1], 64)  # identity blocks of up to 64 channels
     identity = jnp.eye(block, dtype=jnp.float32)
-    rows = winner.reshape(-1, block).astype(jnp.float32)
-    stored = jnp.dot(rows, identity, precision=jax.lax.Precision.HIGHEST)
+    # Only the channel axis is split: a batch sharded over devices stays as it is (merging it
+    # with the others and splitting the channels, 96 into 3 x 32, is a reshape that an
+    # explicitly sharded batch does not allow).
+    blocks = winner.reshape(*winner.shape[:-1], -1, block).astype(jnp.float32)
+    stored = jnp.dot(blocks, identity, precision=jax.lax.Precision.HIGHEST)
     return stored.reshape(winner.shape).astype(jnp.int8)
 
 

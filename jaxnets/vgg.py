@@ -11,6 +11,7 @@ from flax import linen as nn
 
 from jaxnets.layers import (
     BatchNorm,
+    Dropout,
     adaptive_avg_pool,
     flatten_nchw,
     kaiming_normal_fan_out,
@@ -92,9 +93,9 @@ class VGG(nn.Module):
             name=name,
         )
         x = nn.relu(dense(4096, "classifier_0")(x))
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = Dropout(self.dropout)(x, deterministic=not train)
         x = nn.relu(dense(4096, "classifier_3")(x))
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = Dropout(self.dropout)(x, deterministic=not train)
         x = dense(self.num_classes, "classifier_6")(x)
         return x.astype(jnp.promote_types(jnp.float32, self.dtype))  # logits in >= float32
 

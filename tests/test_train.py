@@ -388,3 +388,13 @@ def test_two_processes_train_like_one_and_resume(tmp_path):
     _, params_two = final_params(tmp_path / "two")
     for a, b in zip(jax.tree.leaves(params_one), jax.tree.leaves(params_two), strict=True):
         assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+
+
+def test_a_model_with_dropout_trains_on_the_mesh(tmp_path):
+    """AlexNet's dropout under the training program's explicitly sharded batch (flax's Dropout
+    drew an unsharded mask there), at a size where its max pools' channels split in blocks."""
+    from train.train import train_and_evaluate
+
+    config = tiny_config(model="alexnet", image_size=64, batch_size=4, max_steps=2, dropout=0.5)
+    summary = train_and_evaluate(config, tmp_path)
+    assert summary["steps"] == 2 and np.isfinite(summary["loss"])

@@ -14,7 +14,7 @@ XLA:CPU flags are one explicit call, `jaxnets.use_fast_cpu_flags()`.
 """
 
 # Importing the model families registers their builders.
-from jaxnets import alexnet, lenet, resnet, vgg  # noqa: F401
+from jaxnets import alexnet, alexnet_paper, lenet, resnet, vgg  # noqa: F401
 from jaxnets.convert import from_torchvision, to_torchvision
 from jaxnets.pretrained import list_weights, load_pretrained
 from jaxnets.registry import ModelInfo, create_model, head_module, list_models, model_info

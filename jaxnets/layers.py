@@ -421,3 +421,20 @@ def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
 def flatten_nchw(x: jax.Array) -> jax.Array:
     """Flatten NHWC features in torch's (C, H, W) order so torch's first Linear applies as is."""
     return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+
+
+def local_response_norm(
+    x: jax.Array, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0
+) -> jax.Array:
+    """Local response normalization across channels of NHWC input, as Krizhevsky et al. (2012)
+    define it: b_i = a_i / (k + alpha * sum_j a_j^2)^beta, j over the `size` channels centred on
+    i (fewer at the edges). The paper uses k=2, n=5, alpha=1e-4, beta=0.75.
+
+    torch.nn.LocalResponseNorm divides alpha by `size`: it computes the same with
+    alpha_torch = alpha * size.
+    """
+    channels = x.shape[-1]
+    before = size // 2
+    squares = jnp.pad(jnp.square(x), ((0, 0),) * (x.ndim - 1) + ((before, size - 1 - before),))
+    window = sum(squares[..., i : i + channels] for i in range(size))
+    return x / (k + alpha * window) ** beta

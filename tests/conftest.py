@@ -107,7 +107,7 @@ def highest_precision():
 ALL_MODELS = jaxnets.list_models()
 TORCHVISION_MODELS = sorted(TORCHVISION_PARAMS)  # those with a torchvision original
 # Families from the papers, each checked against a torch module written in its test file.
-HISTORIC_MODELS = ["lenet5"]
+HISTORIC_MODELS = ["alexnet_paper", "lenet5"]
 
 
 # Data for the input-pipeline and training tests.

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-cpu-variants lint bench-convert bench-input clean
+.PHONY: demo test test-fast test-cpu-variants lint bench-convert bench-input clean
 
 # Stamps record what is installed, so a second run skips pip; editing pyproject.toml reinstalls.
 $(VENV)/.base: pyproject.toml
@@ -25,6 +25,11 @@ test: $(VENV)/.test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2 --durations=15
+
+# Every module, one model a family, no subprocess training runs: the loop while editing.
+test-fast: $(VENV)/.test
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -n 2 -m "not slow" --durations=10
 
 # The float32 tolerances on other CPU code paths (docs/tolerances.md).
 test-cpu-variants: $(VENV)/.test

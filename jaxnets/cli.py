@@ -181,7 +181,7 @@ def _models(args) -> int:
         print(json.dumps(rows))
     else:
         for row in rows:
-            print(f"{row['name']:<18} {' '.join(row['weights'])}")
+            print(f"{row['name']:<18} {' '.join(row['weights'])}".rstrip())
     return 0
 
 

@@ -104,6 +104,15 @@ def highest_precision():
         yield
 
 
+# `make test-fast` runs per-model sweeps on one model of each family; `make test`, on all.
+FAST_MODELS = ("alexnet_paper", "lenet5", "resnet18", "vgg11_bn")
+
+
+def sweep(names) -> list:
+    """pytest parameters over model names, the ones outside FAST_MODELS marked slow."""
+    return [pytest.param(n, marks=() if n in FAST_MODELS else pytest.mark.slow) for n in names]
+
+
 ALL_MODELS = jaxnets.list_models()
 TORCHVISION_MODELS = sorted(TORCHVISION_PARAMS)  # those with a torchvision original
 # Families from the papers, each checked against a torch module written in its test file.

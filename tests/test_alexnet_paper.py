@@ -51,6 +51,7 @@ def test_local_response_norm_matches_torch():
     assert relative_error(ours, nhwc(x)) > 1e-3  # at this scale it does normalize
 
 
+@pytest.mark.slow  # float64 at 227x227
 def test_alexnet_paper_matches_its_torch_module():
     torch.manual_seed(0)
     reference = TorchAlexNetPaper(num_classes=10, dropout=0.0).double().train()
@@ -98,6 +99,7 @@ def test_alexnet_paper_parameters_and_initialization():
         model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
 
 
+@pytest.mark.slow  # a 227x227 training run
 def test_alexnet_paper_trains_with_the_training_program(tmp_path):
     from test_train import tiny_config
 

@@ -121,6 +121,7 @@ def test_parity_train_resnet18_float32_and_float64(capsys):
     assert result["jax_losses"][-1] < result["jax_losses"][0]  # it trains
 
 
+@pytest.mark.slow  # float64 VGG
 def test_parity_train_vgg11_bn_without_dropout(capsys):
     """VGG's train step (BatchNorm, max pooling, classifier, dropout 0) in float64, two steps:
     the first update is the same computation. In float32 the second loss differs by whatever
@@ -174,6 +175,7 @@ def test_bench_rows_for_jaxnets_and_torch(capsys):
         assert code == 2 and message in err and err.count("\n") == 1, err
 
 
+@pytest.mark.slow  # three compiled train steps
 def test_bench_remat_applies_to_resnets_only():
     from jaxnets.bench import BenchSettings, jaxnets_runner
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ALL_MODELS, HISTORIC_MODELS, TORCHVISION_MODELS, TORCHVISION_PARAMS
+from conftest import ALL_MODELS, HISTORIC_MODELS, TORCHVISION_MODELS, TORCHVISION_PARAMS, sweep
 
 import jaxnets
 from jaxnets import registry
@@ -52,7 +52,7 @@ def random_variables(model, size, seed=0):
     return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", sweep(ALL_MODELS))
 def test_forward_backward_and_batch_stats(name):
     """One compiled pass per model (XLA compile time dominates here): eval-mode logits at a
     square and a non-square size (where the architecture takes one) leave the statistics alone;
@@ -103,7 +103,7 @@ def test_forward_backward_and_batch_stats(name):
         assert all(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
 
 
-@pytest.mark.parametrize("name", ["alexnet", "vgg11", "vgg11_bn"])
+@pytest.mark.parametrize("name", sweep(["alexnet", "vgg11", "vgg11_bn"]))
 def test_dropout_only_in_train_mode(name):
     model = jaxnets.create_model(name, num_classes=10)
     variables, x = init(model, (64, 64))

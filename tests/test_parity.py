@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import TORCHVISION_MODELS, nhwc, relative_error, torchvision_model
+from conftest import TORCHVISION_MODELS, nhwc, relative_error, sweep, torchvision_model
 
 import jaxnets
 from jaxnets.convert import from_torchvision, to_torchvision
@@ -20,7 +20,7 @@ def dropout_free(name):
 
 
 @pytest.mark.float32
-@pytest.mark.parametrize("name", TORCHVISION_MODELS)
+@pytest.mark.parametrize("name", sweep(TORCHVISION_MODELS))
 def test_eval_logits_match_torchvision(name, highest_precision):
     torch_model = torchvision_model(name, num_classes=10).eval()
     variables = from_torchvision(name, torch_model.state_dict())
@@ -39,7 +39,7 @@ def test_eval_logits_match_torchvision(name, highest_precision):
         )
 
 
-@pytest.mark.parametrize("name", TORCHVISION_MODELS)
+@pytest.mark.parametrize("name", sweep(TORCHVISION_MODELS))
 def test_train_mode_logits_and_running_statistics_match_torchvision(name):
     """One train-mode forward: batch-statistics logits and updated running_mean/running_var.
 
@@ -191,6 +191,7 @@ def test_batchnorm_statistics_gradients_are_exact():
         check_grads(loss, (x, scale, bias), order=1, modes=["rev"])
 
 
+@pytest.mark.slow  # two float64 ResNet-18 compilations
 def test_cpu_and_xla_forms_give_the_same_numbers():
     """The formulations tuned on XLA:CPU (BatchNorm's and max pooling's written-out backward
     passes, 1x1 convolutions as matrix products) against XLA's own, which other backends use,

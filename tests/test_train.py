@@ -114,6 +114,7 @@ def final_params(workdir, step=None):
     return step, restored["state"]["params"]
 
 
+@pytest.mark.slow  # three training runs
 def test_training_lowers_the_loss_and_a_resumed_run_is_bit_identical(tmp_path):
     from train.train import train_and_evaluate
 
@@ -184,6 +185,7 @@ def test_fine_tuning_from_a_torchvision_file_with_a_new_head(tmp_path):
 
 
 @pytest.mark.float32
+@pytest.mark.slow  # subprocess training runs
 def test_four_devices_match_one_device_on_the_same_global_batch(tmp_path):
     """The first loss (a forward pass at the same weights) agrees to rounding, and after one step
     the parameters agree to float noise, so gradients are averaged over the global batch and
@@ -236,6 +238,7 @@ def test_optimizer_matches_torch_sgd_with_weight_decay_momentum_and_nesterov():
         np.testing.assert_allclose(params["kernel"], torch_w.detach().numpy(), rtol=1e-6)
 
 
+@pytest.mark.slow  # subprocess training runs
 def test_sigterm_checkpoints_the_current_step_and_the_same_command_resumes(tmp_path):
     import signal
     import time
@@ -315,6 +318,7 @@ def test_cifar10_config_trains_on_tfds_and_keeps_class_names(cifar10_dir, tmp_pa
     assert sum(map(sum, report["confusion_matrix"])) == 10  # every test image, once
 
 
+@pytest.mark.slow  # subprocess training runs
 def test_training_on_a_broken_folder_skips_and_lists_files(broken_folder, tmp_path):
     folder_args = [f"--config.dataset=folder:{broken_folder}", "--config.image_size=16",
                    "--config.batch_size=8", "--config.eval_batch_size=8",
@@ -346,6 +350,7 @@ def free_port() -> int:
 
 
 @pytest.mark.float32
+@pytest.mark.slow  # subprocess training runs
 def test_two_processes_train_like_one_and_resume(tmp_path):
     """Two processes (one CPU device each, gloo collectives) against one process with two
     devices, on the same global batches: the same parameters. The two-process run stops after

@@ -96,6 +96,19 @@ def relative_error(actual, expected) -> float:
     return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-12))
 
 
+def assert_matches_reference_module(name, variables, grads, reference, fresh, tolerance):
+    """jaxnets' gradients (a params tree, converted with the parameters' keys) against the .grad
+    of each parameter of the torch module `reference`; then `variables` converted back into
+    the untrained module `fresh` with load_state_dict(strict=True), bit for bit."""
+    ours = jaxnets.to_torchvision(name, {"params": grads})
+    for key, parameter in reference.named_parameters():
+        assert relative_error(ours[key], parameter.grad.numpy()) < tolerance, key
+    state = jaxnets.to_torchvision(name, variables)
+    fresh.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    for key, value in reference.state_dict().items():
+        np.testing.assert_array_equal(fresh.state_dict()[key].numpy(), value.numpy())
+
+
 @pytest.fixture
 def highest_precision():
     import jax

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import nhwc, relative_error
+from conftest import assert_matches_reference_module, nhwc, relative_error
 
 import jaxnets
 from jaxnets.layers import local_response_norm
@@ -73,15 +73,8 @@ def test_alexnet_paper_matches_its_torch_module():
 
         (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
     assert relative_error(logits, expected.detach().numpy()) < 1e-10
-    ours = jaxnets.to_torchvision("alexnet_paper", {"params": grads})
-    for key, parameter in reference.named_parameters():
-        assert relative_error(ours[key], parameter.grad.numpy()) < 1e-9, key
-
-    back = TorchAlexNetPaper(num_classes=10).double()
-    state = jaxnets.to_torchvision("alexnet_paper", variables)
-    back.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
-    for key, value in reference.state_dict().items():
-        np.testing.assert_array_equal(back.state_dict()[key].numpy(), value.numpy())
+    fresh = TorchAlexNetPaper(num_classes=10).double()
+    assert_matches_reference_module("alexnet_paper", variables, grads, reference, fresh, 1e-9)
 
 
 def test_alexnet_paper_parameters_and_initialization():
@@ -100,13 +93,16 @@ def test_alexnet_paper_parameters_and_initialization():
 
 
 @pytest.mark.slow  # a 227x227 training run
-def test_alexnet_paper_trains_with_the_training_program(tmp_path):
+def test_alexnet_paper_trains_with_the_training_program(image_folder, tmp_path):
     from test_train import tiny_config
 
     from train.train import train_and_evaluate
 
-    config = tiny_config(model="alexnet_paper", image_size=227, batch_size=4, eval_batch_size=60,
-                         max_steps=2, learning_rate=0.001)  # fmt: skip
+    # The photo folder (12 validation images) keeps the 227x227 evaluation short.
+    config = tiny_config(
+        model="alexnet_paper", dataset=f"folder:{image_folder}", image_size=227, batch_size=4,
+        eval_batch_size=4, max_steps=2, learning_rate=0.001,
+    )  # fmt: skip
     summary = train_and_evaluate(config, tmp_path)
     assert summary["steps"] == 2 and np.isfinite(summary["loss"])
     assert 0 <= summary["top1"] <= 1

@@ -3,10 +3,9 @@ count, forward pass and gradients in float64, conversion both ways, and training
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 import torch
-from conftest import nhwc, relative_error
+from conftest import assert_matches_reference_module, nhwc, relative_error
 
 import jaxnets
 
@@ -55,15 +54,8 @@ def test_lenet5_matches_its_torch_module(activation, in_channels):
     assert relative_error(logits, expected.detach().numpy()) < 1e-12
     flax_count = sum(v.size for v in jax.tree.leaves(variables["params"]))
     assert flax_count == sum(p.numel() for p in reference.parameters())
-    ours = jaxnets.to_torchvision("lenet5", {"params": grads})  # gradients share the keys
-    for key, parameter in reference.named_parameters():
-        assert relative_error(ours[key], parameter.grad.numpy()) < 1e-10, key
-
-    back = TorchLeNet5(10, in_channels, activation).double()
-    state = jaxnets.to_torchvision("lenet5", variables)
-    back.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
-    for key, value in reference.state_dict().items():
-        np.testing.assert_array_equal(back.state_dict()[key].numpy(), value.numpy())
+    fresh = TorchLeNet5(10, in_channels, activation).double()
+    assert_matches_reference_module("lenet5", variables, grads, reference, fresh, 1e-10)
 
 
 def test_lenet5_rejects_other_sizes_and_activations():

@@ -75,7 +75,6 @@ def test_forward_backward_and_batch_stats(name):
         log_p = jax.nn.log_softmax(logits)
         return -jnp.take_along_axis(log_p, labels[:, None], 1).mean(), state
 
-    @jax.jit
     def run(variables):
         evals = [
             model.apply(variables, image, train=False, mutable=["batch_stats"])
@@ -83,7 +82,11 @@ def test_forward_backward_and_batch_stats(name):
         ]
         return evals, jax.grad(loss, has_aux=True)(variables["params"])
 
-    evals, (grads, state) = run(variables)
+    # XLA's backend optimizations off: they cost more compile time than they save in one run
+    # (ResNet-152: 29 s instead of 36 s here), and this test checks which values are zero.
+    lowered = jax.jit(run).lower(variables)
+    compiled = lowered.compile(compiler_options={"xla_backend_optimization_level": 0})
+    evals, (grads, state) = compiled(variables)
     for logits, eval_state in evals:
         assert logits.shape == (2, 7) and logits.dtype == jnp.float32
         assert np.isfinite(np.asarray(logits)).all()

@@ -8,7 +8,6 @@ floor/ceil bins. Each of those is spelled out here rather than left to a Flax de
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import math
 from collections.abc import Callable, Iterator
@@ -138,9 +137,10 @@ class BatchNorm(nn.Module):
         return y.reshape(x.shape).astype(dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _batch_norm_train(xg, scale, bias, epsilon):
-    """Train-mode BatchNorm of grouped input xg (groups, n, ..., C): (y, mean, var).
+def _batch_norm_train_autodiff(xg, scale, bias, epsilon):
+    """Train-mode BatchNorm of grouped input xg (groups, n, ..., C): (y, mean, var), as JAX
+    differentiates it (the form for backends other than CPU; _batch_norm_train below is the
+    same forward pass with torch's backward formula).
 
     Statistics are reduced over every axis but the first (group) and last (channel), in the
     dtype of scale; mean and var keep those axes as size 1.
@@ -148,9 +148,7 @@ def _batch_norm_train(xg, scale, bias, epsilon):
     return _batch_norm_train_forward(xg, scale, bias, epsilon)[0]
 
 
-def _batch_norm_train_autodiff(xg, scale, bias, epsilon):
-    """_batch_norm_train, differentiated by JAX (the form for backends other than CPU)."""
-    return _batch_norm_train_forward(xg, scale, bias, epsilon)[0]
+_batch_norm_train = jax.custom_vjp(_batch_norm_train_autodiff, nondiff_argnums=(3,))
 
 
 def _batch_norm_train_forward(xg, scale, bias, epsilon):

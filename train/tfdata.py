@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from train import preprocess
-from train.data import SINGLE_PROCESS, ProcessShard
+from train.shard import SINGLE_PROCESS, ProcessShard
 
 # Keep TensorFlow off the accelerators: it is only the input pipeline here.
 tf.config.set_visible_devices([], "GPU")

@@ -5,11 +5,12 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test test-fast test-cpu-variants lint bench-convert bench-input clean
 
+# .base: the library and the training program (the [train] extra); .test: all extras.
 # Stamps record what is installed, so a second run skips pip; editing pyproject.toml reinstalls.
 $(VENV)/.base: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[train]'
 	touch $@
 
 $(VENV)/.test: pyproject.toml

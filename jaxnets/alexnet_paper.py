@@ -12,7 +12,7 @@ connected layers, 0 elsewhere. 60,965,224 parameters with 1000 classes.
 
 torchvision's `alexnet` is the later single-GPU variant (64-192-384-256-256, no normalization).
 There is no torchvision counterpart of this one: submodule names follow the PyTorch reference
-module in tests/test_alexnet_paper.py, `features.{0,4,8,10,12}` and `classifier.{0,3,6}`.
+module in tests/library/test_alexnet_paper.py, `features.{0,4,8,10,12}` and `classifier.{0,3,6}`.
 """
 
 from __future__ import annotations

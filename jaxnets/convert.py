@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnets import extras
 from jaxnets.registry import create_model, head_module, list_models, model_info
 
 PathLike = str | os.PathLike
@@ -112,14 +113,10 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_torch(path: Path) -> Any:
-    try:
-        import torch
-    except ImportError as e:
-        raise ConversionError(
-            f"{path}: reading PyTorch files needs torch (pip install 'jaxnets[torch]'); "
-            "a .safetensors file reads without it"
-        ) from e
+    extras.require("torch", f"{path}: reading a PyTorch file (a .safetensors file needs no torch)")
     import pickle
+
+    import torch
 
     # torchvision's reference scripts store their argparse.Namespace beside the weights; it is
     # plain data, so allow it. Everything else stays refused by weights_only.
@@ -189,6 +186,7 @@ def save_state_dict(state: Mapping[str, np.ndarray], path: PathLike) -> Path:
 
             save_file(arrays, tmp)
         else:
+            extras.require("torch", f"{path}: writing a PyTorch file (.safetensors needs no torch)")
             import torch
 
             torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, tmp)

@@ -5,7 +5,7 @@ Layout of an export directory:
   DIR/variables/     orbax StandardCheckpointer tree {'params': ..., 'batch_stats': ...}
 
 Training can fine-tune from such a directory. `load_variables` also reads a training workdir
-(`python -m train --workdir DIR`): the latest orbax checkpoint's weights.
+(`python -m train --workdir DIR`): the latest checkpoint's weights (jaxnets/checkpoints.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
+
+from jaxnets import checkpoints
 
 META_FILE = "jaxnets.json"
 VARIABLES_DIR = "variables"
@@ -82,52 +84,6 @@ def load_export(directory: os.PathLike | str) -> tuple[dict, dict[str, Any]]:
     return jax.device_put(variables), meta
 
 
-def load_training_checkpoint(workdir: os.PathLike | str) -> tuple[dict, dict[str, Any]]:
-    """Reads the weights of the latest checkpoint of a training workdir.
-
-    The EMA weights are returned when the run kept them (evaluation used them too).
-
-    Returns:
-      (variables, meta): meta has "arch", "num_classes", "step" and "class_names".
-    """
-    import orbax.checkpoint as ocp
-
-    directory = Path(workdir).absolute() / "checkpoints"
-    fallback = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    try:
-        with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-                read_only=True)) as manager:  # fmt: skip
-            step = manager.latest_step()
-            if step is None:
-                raise FileNotFoundError(f"{directory}: no checkpoint")
-            restored = manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    # Restored onto this process's devices, whatever devices wrote it.
-                    state=ocp.args.StandardRestore(None, fallback_sharding=fallback),
-                    meta=ocp.args.JsonRestore(),
-                ),
-            )
-    except FileNotFoundError:
-        raise
-    except Exception as e:
-        raise ValueError(f"{directory}: unreadable checkpoint ({type(e).__name__}: {e})") from e
-    state, saved = restored["state"], restored["meta"]
-    use_ema = bool(state.get("ema_params"))
-    variables = {
-        "params": state["ema_params"] if use_ema else state["params"],
-        "batch_stats": (state["ema_batch_stats"] if use_ema else state["batch_stats"]) or {},
-    }
-    meta = {
-        "arch": saved["model"],
-        "num_classes": saved["num_classes"],
-        "class_names": saved.get("class_names"),
-        "step": step,
-        "ema": use_ema,
-    }
-    return jax.device_put(variables), meta
-
-
 def load_variables(directory: os.PathLike | str) -> tuple[dict, dict[str, Any]]:
     """Reads an export directory or a training workdir (see the module docstring).
 
@@ -136,9 +92,9 @@ def load_variables(directory: os.PathLike | str) -> tuple[dict, dict[str, Any]]:
     """
     if is_export(directory):
         return load_export(directory)
-    if (Path(directory) / "checkpoints").is_dir():
-        return load_training_checkpoint(directory)
+    if checkpoints.is_workdir(directory):
+        return checkpoints.load_weights(directory)
     raise FileNotFoundError(
         f"{Path(directory).absolute()}: not a jaxnets export ({META_FILE}) nor a training "
-        "workdir (checkpoints/)"
+        f"workdir ({checkpoints.CHECKPOINT_DIR}/)"
     )

@@ -7,7 +7,7 @@ map (the paper wires each C3 map to a subset of them), subsampling is a plain 2x
 paper gives each map a trainable coefficient and bias), and the output layer is linear (the paper
 uses Euclidean RBF units). The activation is tanh (the paper's scaled tanh, without the 1.7159
 factor) or ReLU. There is no torchvision LeNet: submodule names follow the layout of the
-PyTorch reference module in tests/test_lenet5.py, `features.{0,3}` and `classifier.{0,2,4}`.
+PyTorch reference module in tests/library/test_lenet5.py, `features.{0,3}` and `classifier.{0,2,4}`.
 """
 
 from __future__ import annotations

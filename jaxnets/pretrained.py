@@ -7,6 +7,7 @@ either library serve both.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -195,14 +196,12 @@ def download(url: str, destination: Path, expected_prefix: str | None) -> Path:
     Raises:
       RuntimeError: the download failed (saying where to put the file by hand) or the hash differs.
     """
-    from tqdm.auto import tqdm
-
     destination.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name) as bar:
+            with _progress_bar(total, destination.name) as bar:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     out.write(block)
                     bar.update(len(block))
@@ -217,6 +216,24 @@ def download(url: str, destination: Path, expected_prefix: str | None) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return destination
+
+
+class _Silent(contextlib.AbstractContextManager):
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def update(self, n: int) -> None:
+        pass
+
+
+def _progress_bar(total: int | None, name: str):
+    """tqdm's bar where tqdm is installed (the [train] extra has it); the core install is
+    silent."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _Silent()
+    return tqdm(total=total, unit="B", unit_scale=True, desc=name)
 
 
 def _verify(path: Path, expected_prefix: str | None, label: str) -> None:

@@ -46,7 +46,7 @@ def main():
 
     from make_image_folder import make_image_folder
 
-    from train import tfdata
+    from train.data import tfdata
 
     root = args.folder
     if root is None:

@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 import jaxnets
-from jaxnets.bench import _timed
+from jaxnets_cli.bench import _timed
 
 jaxnets.use_fast_cpu_flags()  # the child, started with JAXNETS_XLA_FLAGS=0, opts out
 

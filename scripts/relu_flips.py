@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torchvision
 
+from jaxnets_cli.parity import ParitySettings, _config
 from train import data as data_lib
 from train.data import normalize_on_host
-from train.parity import ParitySettings, _config
 
 
 def relu_inputs(model, images) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 order segfaults with the pinned versions (shared/PORTING.md)."""
 
 import atexit
+import importlib.util
 import os
 import shutil
 import sys
@@ -182,3 +183,26 @@ def broken_folder(image_folder, tmp_path):
     truncated = (root / "val" / "class_00" / "0000.jpg").read_bytes()
     (root / "val" / "class_00" / "zz_truncated.jpg").write_bytes(truncated[: len(truncated) // 3])
     return root
+
+
+# ----------------------------------------------------------------------------------------------
+# The training program's configs, as the tests use them.
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_config(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def tiny_config(**overrides):
+    config = load_config(REPO / "configs" / "digits.py")
+    config.update(
+        {"image_size": 16, "batch_size": 16, "eval_batch_size": 64, "num_epochs": 1,
+         "max_steps": 6, "checkpoint_every_steps": 3, "log_every_steps": 1,
+         "progress_bar": False, "augment": "none", "warmup_epochs": 0.0, **overrides}
+    )  # fmt: skip
+    return config

@@ -6,8 +6,13 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jaxnets
+from jaxnets import extras
 
 jaxnets.use_fast_cpu_flags()  # the entry point's choice, made before JAX starts
+try:
+    extras.require("train", "the training program")
+except extras.MissingExtra as e:
+    sys.exit(f"train: error: {e}")
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

@@ -1,12 +1,19 @@
-"""Where metrics go: metrics.jsonl and TensorBoard event files in the workdir, and the final
-classification report (per-class accuracy, macro-F1, confusion matrix as JSON and PNG)."""
+"""Where metrics go: metrics.jsonl and TensorBoard event files in the workdir, the per-step
+metrics buffered on device in between, the training throughput, and the final classification
+report (per-class accuracy, macro-F1, confusion matrix as JSON and PNG)."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import jax
 import numpy as np
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or Inf; the message names the first such step."""
 
 
 class NullWriter:
@@ -43,6 +50,73 @@ class MetricWriter:
     def close(self) -> None:
         self._jsonl.close()
         self._tb.close()
+
+
+class MetricBuffer:
+    """Per-step metrics left on the device until `flush`, the loop's only per-step sync."""
+
+    def __init__(self, writer):
+        self._writer = writer
+        self._pending: list[tuple[int, dict]] = []
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, step: int, metrics: dict) -> None:
+        self._pending.append((step, metrics))
+
+    def flush(self) -> dict[str, float] | None:
+        """Brings the pending metrics to the host, writes their means at the last step, and
+        returns them (None if nothing was pending).
+
+        Raises:
+          NonFiniteLoss: a step's loss is NaN or Inf.
+        """
+        if not self._pending:
+            return None
+        host = jax.device_get([m for _, m in self._pending])
+        for (step, _), m in zip(self._pending, host, strict=True):
+            if not np.isfinite(m["loss"]):
+                raise NonFiniteLoss(
+                    f"loss is {m['loss']} at step {step} (lr {m['lr']:.4g}); stopping, no "
+                    "checkpoint of this state is written: lower learning_rate or add grad_clip_norm"
+                )
+        scalars = {k: float(np.mean([h[k] for h in host])) for k in ("loss", "top1")}
+        scalars["lr"] = float(host[-1]["lr"])
+        self._writer.write(self._pending[-1][0], "train", scalars)
+        self._pending = []
+        return scalars
+
+
+class ThroughputTimer:
+    """Training images per second, over the steps only: the first step (compilation) and the
+    time between `pause` and `resume` (evaluation, checkpoints) are left out."""
+
+    def __init__(self):
+        self.images, self.seconds = 0, 0.0
+        self._compiled, self._since = False, None
+
+    def stepped(self, state, batch_size: int) -> None:
+        """After each step is dispatched; the first one is waited for and not counted."""
+        if self._compiled:
+            self.images += batch_size
+            return
+        jax.block_until_ready(state)
+        self._compiled, self._since = True, time.perf_counter()
+
+    def pause(self, state) -> None:
+        jax.block_until_ready(state)  # steps are asynchronous: count them once they are done
+        if self._since is not None:
+            self.seconds += time.perf_counter() - self._since
+        self._since = None
+
+    def resume(self) -> None:
+        if self._compiled:
+            self._since = time.perf_counter()
+
+    def images_per_sec(self) -> float:
+        running = time.perf_counter() - self._since if self._since is not None else 0.0
+        return self.images / max(self.seconds + running, 1e-9)
 
 
 def classification_report(

@@ -1,12 +1,14 @@
 """The training loop: one jit-compiled, data-parallel train step over a ('data',) device mesh.
 
-Read top to bottom: set-up (mesh, data, model, state, checkpoints), the epoch loop (train steps,
-metrics, checkpoints, evaluation), and the final report.
+Read top to bottom: the set-up functions (devices, data, state, compiled steps), then
+`train_and_evaluate`, a flat loop over steps that checkpoints and evaluates when a step says
+so, and the final report.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import itertools
 import json
@@ -14,189 +16,33 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-import orbax.checkpoint as ocp
 from flax import serialization
-from flax.training import train_state
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import jaxnets
+from jaxnets import checkpoints
 from jaxnets.xla_flags import donates_train_state
 from train import data as data_lib
 from train import metrics as metrics_lib
 from train.config import validate
-from train.optim import learning_rate_schedule, make_optimizer
+from train.metrics import NonFiniteLoss
+from train.optim import learning_rate_schedule
+from train.state import TrainState, create_model, create_train_state, initial_variables
+from train.steps import eval_step, train_step
 
-
-class TrainState(train_state.TrainState):
-    batch_stats: Any
-    ema_params: Any = None
-    ema_batch_stats: Any = None
+__all__ = ["NonFiniteLoss", "TrainingInterrupted", "train_and_evaluate"]
 
 
 class TrainingInterrupted(RuntimeError):
     """SIGTERM/SIGINT arrived; a checkpoint of the current step was written."""
 
 
-class NonFiniteLoss(FloatingPointError):
-    """The loss became NaN or Inf; the message names the first such step."""
-
-
 # ----------------------------------------------------------------------------------------------
-# The steps. Pure functions of (state, batch, key); jit and sharding are applied in
-# train_and_evaluate.
-
-
-def cross_entropy(logits, labels, num_classes: int, label_smoothing: float):
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-    return optax.softmax_cross_entropy(logits, targets)
-
-
-def normalize(images, mean, std):
-    """uint8 batches from the tf.data pipelines are normalized here, on the device: moving
-    uint8 costs a quarter of float32's bandwidth. Float batches arrive normalized."""
-    if mean is None:
-        return images
-    mean, std = jnp.asarray(mean) * 255.0, jnp.asarray(std) * 255.0
-    return (images.astype(jnp.float32) - mean) / std
-
-
-def train_step(
-    state: TrainState, images, labels, key, *, config, num_classes, schedule, bn_train,
-    mean=None, std=None,
-):  # fmt: skip
-    """One SGD step on a global batch; gradients are averaged over every device by the SPMD
-    partitioner (the batch is sharded over 'data', the parameters replicated)."""
-    dropout_key = jax.random.fold_in(key, state.step)
-    images = normalize(images, mean, std)
-
-    def loss_fn(params):
-        logits, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats},
-            images,
-            train=bn_train,
-            mutable=["batch_stats"],
-            rngs={"dropout": dropout_key},
-        )
-        loss = cross_entropy(logits, labels, num_classes, config.label_smoothing).mean()
-        return loss, (logits, updates.get("batch_stats", state.batch_stats))
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    if config.ema_decay:
-        ema = lambda old, new: jax.tree.map(
-            lambda a, b: config.ema_decay * a + (1 - config.ema_decay) * b, old, new
-        )
-        new_state = new_state.replace(
-            ema_params=ema(state.ema_params, new_state.params),
-            ema_batch_stats=ema(state.ema_batch_stats, new_state.batch_stats),
-        )
-    metrics = {
-        "loss": loss,
-        "top1": jnp.mean(jnp.argmax(logits, -1) == labels),
-        "lr": schedule(state.step),
-    }
-    return new_state, metrics
-
-
-def eval_step(
-    params, batch_stats, images, labels, mask, *, apply_fn, num_classes, mean=None, std=None
-):
-    """Sums over the real (unmasked) examples, and each example's prediction."""
-    images = normalize(images, mean, std)
-    logits = apply_fn({"params": params, "batch_stats": batch_stats}, images, train=False)
-    loss = cross_entropy(logits, labels, num_classes, 0.0)
-    top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
-    weights = mask.astype(jnp.float32)
-    sums = {
-        "loss": jnp.sum(loss * weights),
-        "top1": jnp.sum((top5[:, 0] == labels) * weights),
-        "top5": jnp.sum(jnp.any(top5 == labels[:, None], -1) * weights),
-        "count": jnp.sum(weights),
-    }
-    return sums, top5[:, 0]
-
-
-# ----------------------------------------------------------------------------------------------
-# Set-up helpers.
-
-
-def create_model(config, num_classes: int, device_count: int):
-    info = jaxnets.model_info(config.model)
-    kwargs = {"num_classes": num_classes, "dtype": jnp.dtype(config.dtype)}
-    if info.dropout:
-        kwargs["dropout"] = config.dropout
-    if info.residual_blocks:
-        kwargs.update(zero_init_residual=config.zero_init_residual, remat=config.remat)
-    if not config.bn_sync and info.batch_norm:
-        # Per-device BatchNorm: each device's slice of the batch is normalized on its own.
-        kwargs["bn_batch_groups"] = device_count
-    return jaxnets.create_model(config.model, **kwargs)
-
-
-def initial_variables(config, model, image_shape, num_classes: int) -> dict:
-    """Fresh torchvision-style initialization, or converted weights to fine-tune (init_from)."""
-    init = jax.jit(functools.partial(model.init, train=False))
-    variables = init(jax.random.key(config.seed), jnp.zeros((1, *image_shape), jnp.float32))
-    variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-    if not config.init_from:
-        return variables
-
-    from jaxnets.convert import from_torchvision
-    from jaxnets.export import is_export, load_export
-
-    head = jaxnets.head_module(config.model)
-    if is_export(config.init_from):
-        loaded, meta = load_export(config.init_from)
-        if meta.get("arch") != config.model:
-            raise ValueError(f"config.init_from holds {meta.get('arch')}, not {config.model}")
-    else:
-        loaded = from_torchvision(
-            config.model, config.init_from, num_classes=num_classes, reinit_head=True
-        )
-    merged = {"params": dict(loaded["params"]), "batch_stats": loaded.get("batch_stats", {})}
-    if loaded["params"][head]["kernel"].shape != variables["params"][head]["kernel"].shape:
-        merged["params"][head] = variables["params"][head]  # a new head for the new classes
-    if jax.tree.structure(merged) != jax.tree.structure(variables):
-        raise ValueError(f"config.init_from does not hold {config.model} variables")
-    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), merged)
-
-
-def trainable_head_only(model_name: str):
-    head = jaxnets.head_module(model_name)
-
-    def trainable(params):
-        return {name: jax.tree.map(lambda _, n=name: n == head, v) for name, v in params.items()}
-
-    return trainable
-
-
-def checkpoint_manager(workdir: Path, config) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=config.keep_checkpoints, create=True, enable_async_checkpointing=False
-    )
-    return ocp.CheckpointManager(workdir / "checkpoints", options=options)
-
-
-def save_checkpoint(manager, state: TrainState, meta: dict) -> None:
-    step = int(jax.device_get(state.step))
-    if step in manager.all_steps():
-        return
-    manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(serialization.to_state_dict(state)),
-            meta=ocp.args.JsonSave(meta),
-        ),
-    )
-    manager.wait_until_finished()
+# Set-up.
 
 
 def initialize_distributed(config) -> None:
@@ -217,6 +63,93 @@ def initialize_distributed(config) -> None:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Shardings:
+    mesh: jax.sharding.Mesh
+    replicated: NamedSharding  # parameters, optimizer state, metrics
+    batch: NamedSharding  # images, labels and masks, split over 'data'
+
+    @classmethod
+    def over(cls, devices) -> Shardings:
+        mesh = jax.make_mesh((len(devices),), ("data",))
+        return cls(mesh, NamedSharding(mesh, P()), NamedSharding(mesh, P("data")))
+
+    def to_device(self, *arrays):
+        """This process's rows of a global batch -> global arrays sharded over 'data'."""
+        return [jax.make_array_from_process_local_data(self.batch, a) for a in arrays]
+
+
+def load_data(config):
+    """The dataset, its epoch length in steps and the step to stop at."""
+    shard = data_lib.ProcessShard(jax.process_index(), jax.process_count())
+    dataset = data_lib.load_dataset(config, shard)
+    steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"config.batch_size={config.batch_size} exceeds the {dataset.num_train_examples} "
+            "training examples"
+        )
+    total_steps = config.num_epochs * steps_per_epoch
+    return dataset, steps_per_epoch, min(config.max_steps or total_steps, total_steps)
+
+
+def checkpoint_meta(config, dataset) -> dict:
+    """What a checkpoint says about itself; a resumed run must agree on RESUME_KEYS."""
+    return {
+        "model": config.model,
+        "num_classes": dataset.num_classes,
+        "dataset": config.dataset,
+        "class_names": dataset.class_names,
+        "image_shape": list(dataset.image_shape),
+    }
+
+
+RESUME_KEYS = ("model", "num_classes", "dataset")
+
+
+def restore_or_keep(manager, state: TrainState, meta: dict) -> TrainState:
+    """The workdir's latest checkpoint when it has one (a resumed run), else `state`."""
+    if manager.latest_step() is None:
+        return state
+    restored, saved = checkpoints.restore(manager, like=serialization.to_state_dict(state))
+    for key in RESUME_KEYS:
+        if saved.get(key) != meta[key]:
+            raise ValueError(
+                f"the workdir's checkpoint is of {key}={saved.get(key)!r}, this config has "
+                f"{meta[key]!r}: use a new --workdir"
+            )
+    return serialization.from_state_dict(state, restored)
+
+
+def save_checkpoint(manager, state: TrainState, meta: dict) -> None:
+    step = int(jax.device_get(state.step))
+    checkpoints.save(manager, step, serialization.to_state_dict(state), meta)
+
+
+def compile_steps(config, dataset, state: TrainState, schedule, shardings: Shardings):
+    """The jitted train and eval steps over the mesh; the state is donated where that pays."""
+    replicated, batch = shardings.replicated, shardings.batch
+    train = jax.jit(
+        functools.partial(
+            train_step, num_classes=dataset.num_classes, schedule=schedule,
+            bn_train=not config.freeze_backbone, label_smoothing=config.label_smoothing,
+            ema_decay=config.ema_decay, mean=dataset.mean, std=dataset.std,
+        ),
+        in_shardings=(replicated, batch, batch, replicated),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0 if donates_train_state(jax.default_backend()) else (),
+    )  # fmt: skip
+    evaluate = jax.jit(
+        functools.partial(
+            eval_step, apply_fn=state.apply_fn, num_classes=dataset.num_classes,
+            mean=dataset.mean, std=dataset.std,
+        ),
+        in_shardings=(replicated, replicated, batch, batch, batch),
+        out_shardings=(replicated, batch),
+    )  # fmt: skip
+    return train, evaluate
+
+
 def prefetch_to_device(batches, size: int, to_device):
     """Keeps `size` batches in flight to the device (transfers are asynchronous), so the next
     batch is already there when a step finishes."""
@@ -228,6 +161,23 @@ def prefetch_to_device(batches, size: int, to_device):
         queue.extend(to_device(*b) for b in itertools.islice(batches, 1))
 
 
+def steps_from(start: int, stop_at: int, steps_per_epoch: int, dataset, config, to_device):
+    """(step, images, labels) on the device for steps start .. stop_at - 1, epoch after epoch;
+    each epoch's input pipeline starts when its first step is asked for (after the previous
+    epoch's evaluation)."""
+    step = start
+    while step < stop_at:
+        epoch, index = divmod(step, steps_per_epoch)
+        batches = dataset.train_batches(config.seed, epoch, index, config.batch_size)
+        for images, labels in prefetch_to_device(batches, 2, to_device):
+            yield step, images, labels
+            step += 1
+            if step == stop_at or step % steps_per_epoch == 0:
+                break
+        else:  # the sources raise their own error first; this guards against a silent one
+            raise ValueError(f"{dataset.name}: epoch {epoch + 1}'s batches ended at step {step}")
+
+
 def gather(array) -> np.ndarray:
     """A batch-sharded global array, whole, on every process."""
     if jax.process_count() == 1:
@@ -235,23 +185,23 @@ def gather(array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
-def restore_checkpoint(manager, state: TrainState, meta: dict) -> TrainState:
-    step = manager.latest_step()
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, serialization.to_state_dict(state))
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-        ),
-    )
-    saved = restored["meta"]
-    for key in ("model", "num_classes", "dataset"):
-        if saved.get(key) != meta[key]:
-            raise ValueError(
-                f"the workdir's checkpoint is of {key}={saved.get(key)!r}, this config has "
-                f"{meta[key]!r}: use a new --workdir"
-            )
-    return serialization.from_state_dict(state, restored["state"])
+def evaluate(p_eval_step, state: TrainState, dataset, config, shardings: Shardings):
+    """Mean loss/top-1/top-5 over the evaluation split (the EMA weights when kept), and every
+    example's label and prediction for the report."""
+    params, batch_stats = state.params, state.batch_stats
+    if config.ema_decay:
+        params, batch_stats = state.ema_params, state.ema_batch_stats
+    totals, predictions, labels = collections.Counter(), [], []
+    batches = dataset.eval_batches(config.eval_batch_size)
+    for images, batch_labels, mask in prefetch_to_device(batches, 2, shardings.to_device):
+        sums, batch_predictions = p_eval_step(params, batch_stats, images, batch_labels, mask)
+        totals.update({k: float(v) for k, v in jax.device_get(sums).items()})
+        mask = gather(mask)
+        predictions.append(gather(batch_predictions)[mask])
+        labels.append(gather(batch_labels)[mask])
+    count = totals.pop("count")
+    means = {k: totals[k] / count for k in ("loss", "top1", "top5")}
+    return means, np.concatenate(labels), np.concatenate(predictions)
 
 
 class _StopFlag:
@@ -274,6 +224,37 @@ class _StopFlag:
             signal.signal(s, handler)
 
 
+class Progress:
+    """One tqdm bar per epoch on the chief process (config.progress_bar), else nothing."""
+
+    def __init__(self, config, steps_per_epoch: int, enabled: bool):
+        self._config, self._steps_per_epoch = config, steps_per_epoch
+        self._enabled = enabled and config.progress_bar
+        self._bar = None
+
+    def step(self, step: int) -> None:
+        if not self._enabled:
+            return
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            epoch, index = divmod(step, self._steps_per_epoch)
+            self._bar = tqdm(total=self._steps_per_epoch, initial=index, unit="step",
+                             desc=f"epoch {epoch + 1}/{self._config.num_epochs}", leave=True,
+                             dynamic_ncols=True)  # fmt: skip
+        self._bar.update(1)
+
+    def show(self, scalars: dict | None, images_per_sec: float) -> None:
+        if self._bar is not None and scalars is not None:
+            self._bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars['lr']:.4g}",
+                                  img_s=f"{images_per_sec:.0f}")  # fmt: skip
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._bar = None
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -288,7 +269,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
       NonFiniteLoss: the loss became NaN/Inf (no checkpoint of that state is written).
       TrainingInterrupted: SIGTERM/SIGINT; the current step was checkpointed.
     """
-    workdir = Path(workdir).absolute()  # orbax refuses relative checkpoint paths
+    start_time = time.perf_counter()
+    workdir = Path(workdir).absolute()
     initialize_distributed(config)
     devices = jax.devices()  # every process's
     validate(config, len(devices))
@@ -297,217 +279,85 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     if is_chief:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
-    mesh = jax.make_mesh((len(devices),), ("data",))
-    replicated = NamedSharding(mesh, P())
-    batch_sharding = NamedSharding(mesh, P("data"))
-
-    dataset = data_lib.load_dataset(
-        config, data_lib.ProcessShard(jax.process_index(), jax.process_count())
-    )
-    num_classes = dataset.num_classes
-    steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"config.batch_size={config.batch_size} exceeds the {dataset.num_train_examples} "
-            "training examples"
-        )
-    total_steps = config.num_epochs * steps_per_epoch
-    stop_at = min(config.max_steps or total_steps, total_steps)
-
-    model = create_model(config, num_classes, len(devices))
-    variables = initial_variables(config, model, dataset.image_shape, num_classes)
-    trainable = trainable_head_only(config.model) if config.freeze_backbone else None
+    shardings = Shardings.over(devices)
+    dataset, steps_per_epoch, stop_at = load_data(config)
+    model = create_model(config, dataset.num_classes, len(devices))
+    variables = initial_variables(config, model, dataset.image_shape, dataset.num_classes)
+    state = create_train_state(config, model, variables, steps_per_epoch)
+    meta = checkpoint_meta(config, dataset)
+    manager = checkpoints.manager(workdir, max_to_keep=config.keep_checkpoints)
+    # Replicated first: a restore takes the shardings of the state it is given.
+    state = restore_or_keep(manager, jax.device_put(state, shardings.replicated), meta)
+    first_step = int(jax.device_get(state.step))
+    if first_step and is_chief:
+        print(f"resumed from {checkpoints.checkpoint_dir(workdir)} at step {first_step}")
     schedule = learning_rate_schedule(config, steps_per_epoch)
-    state = TrainState.create(
-        apply_fn=model.apply,
-        params=variables["params"],
-        batch_stats=variables["batch_stats"],
-        tx=make_optimizer(config, steps_per_epoch, trainable),
-        # Copies: on GPU/TPU the state is donated to the train step (see donates_train_state),
-        # and a buffer cannot be donated twice.
-        ema_params=jax.tree.map(jnp.copy, variables["params"]) if config.ema_decay else None,
-        ema_batch_stats=(
-            jax.tree.map(jnp.copy, variables["batch_stats"]) if config.ema_decay else None
-        ),
-    )
-    meta = {
-        "model": config.model,
-        "num_classes": num_classes,
-        "dataset": config.dataset,
-        "class_names": dataset.class_names,
-        "image_shape": list(dataset.image_shape),
-    }
-    state = jax.device_put(state, replicated)
-    manager = checkpoint_manager(workdir, config)
-    if manager.latest_step() is not None:
-        state = restore_checkpoint(manager, state, meta)
-        if is_chief:
-            print(f"resumed from {workdir / 'checkpoints'} at step {int(state.step)}")
-
-    p_train_step = jax.jit(
-        functools.partial(
-            train_step, config=config, num_classes=num_classes, schedule=schedule,
-            bn_train=not config.freeze_backbone, mean=dataset.mean, std=dataset.std,
-        ),
-        in_shardings=(replicated, batch_sharding, batch_sharding, replicated),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0 if donates_train_state(jax.default_backend()) else (),
-    )  # fmt: skip
-    p_eval_step = jax.jit(
-        functools.partial(
-            eval_step,
-            apply_fn=model.apply,
-            num_classes=num_classes,
-            mean=dataset.mean,
-            std=dataset.std,
-        ),
-        in_shardings=(replicated, replicated, batch_sharding, batch_sharding, batch_sharding),
-        out_shardings=(replicated, batch_sharding),
-    )
-
-    def to_device(*arrays):
-        return [jax.make_array_from_process_local_data(batch_sharding, a) for a in arrays]
-
-    def evaluate(state: TrainState) -> tuple[dict, np.ndarray, np.ndarray]:
-        use_ema = config.ema_decay > 0
-        params = state.ema_params if use_ema else state.params
-        batch_stats = state.ema_batch_stats if use_ema else state.batch_stats
-        totals, predictions, labels = {}, [], []
-        batches = prefetch_to_device(dataset.eval_batches(config.eval_batch_size), 2, to_device)
-        for images, batch_labels, mask in batches:
-            sums, batch_predictions = p_eval_step(params, batch_stats, images, batch_labels, mask)
-            for k, v in jax.device_get(sums).items():
-                totals[k] = totals.get(k, 0.0) + float(v)
-            mask = gather(mask)
-            predictions.append(gather(batch_predictions)[mask])
-            labels.append(gather(batch_labels)[mask])
-        count = totals.pop("count")
-        return (
-            {k: v / count for k, v in totals.items()},
-            np.concatenate(labels),
-            np.concatenate(predictions),
-        )
+    p_train_step, p_eval_step = compile_steps(config, dataset, state, schedule, shardings)
 
     writer = metrics_lib.MetricWriter(workdir) if is_chief else metrics_lib.NullWriter()
+    buffer, timer = metrics_lib.MetricBuffer(writer), metrics_lib.ThroughputTimer()
+    progress = Progress(config, steps_per_epoch, is_chief)
     key = jax.random.key(config.seed)
-    step = int(jax.device_get(state.step))
-    pending: list[tuple[int, dict]] = []  # per-step metrics still on device
-    # Throughput excludes compilation (the first step) and evaluation: it is timed in windows
-    # from the start of each epoch's steps to the synchronized end of that epoch's last one.
-    train_images_seen, train_seconds, compiled = 0, 0.0, False
-    window_start, window_images = 0.0, 0
-    eval_metrics: dict = {}
-    start = time.perf_counter()
-
-    def flush(progress) -> None:
-        """Brings pending per-step metrics to the host: the only per-step sync point."""
-        nonlocal pending
-        if not pending:
-            return
-        host = jax.device_get([m for _, m in pending])
-        for (s, _), m in zip(pending, host, strict=True):
-            if not np.isfinite(m["loss"]):
-                raise NonFiniteLoss(
-                    f"loss is {m['loss']} at step {s} (lr {m['lr']:.4g}); stopping, no checkpoint "
-                    "of this state is written: lower learning_rate or add grad_clip_norm"
-                )
-        last = host[-1]
-        scalars = {k: float(np.mean([h[k] for h in host])) for k in ("loss", "top1")}
-        writer.write(pending[-1][0], "train", {**scalars, "lr": float(last["lr"])})
-        if progress is not None:
-            seconds = train_seconds + (time.perf_counter() - window_start if compiled else 0)
-            images = train_images_seen + window_images
-            progress.set_postfix(
-                loss=f"{scalars['loss']:.4f}", lr=f"{float(last['lr']):.4g}",
-                img_s=f"{images / max(seconds, 1e-9):.0f}",
-            )  # fmt: skip
-        pending = []
-
+    batches = steps_from(first_step, stop_at, steps_per_epoch, dataset, config,
+                         shardings.to_device)  # fmt: skip
     with _StopFlag() as stop:
-        while step < stop_at:
-            epoch, index = divmod(step, steps_per_epoch)
-            progress = _progress_bar(config, epoch, steps_per_epoch, index) if is_chief else None
-            epoch_end = min((epoch + 1) * steps_per_epoch, stop_at)
-            batches = prefetch_to_device(
-                dataset.train_batches(config.seed, epoch, index, config.batch_size), 2, to_device
-            )
-            window_start, window_images = time.perf_counter(), 0
-            while step < epoch_end:
-                images, labels = next(batches)
-                state, step_metrics = p_train_step(state, images, labels, key)
-                if compiled:
-                    window_images += config.batch_size
-                else:
-                    jax.block_until_ready(state.step)
-                    compiled, window_start = True, time.perf_counter()
-                pending.append((step, step_metrics))
-                step += 1
-                index += 1
-                if progress is not None:
-                    progress.update(1)
-                if len(pending) >= config.log_every_steps:
-                    flush(progress)
-                every = config.checkpoint_every_steps
-                if stop.signal or (every and step % every == 0):
-                    flush(progress)
-                    save_checkpoint(manager, state, meta)
-                if stop.signal:
-                    raise TrainingInterrupted(
-                        f"{stop.signal} at step {step}: checkpoint written to "
-                        f"{workdir / 'checkpoints'}; run the same command again to resume"
-                    )
-            flush(progress)
-            jax.block_until_ready(state.step)
-            train_seconds += time.perf_counter() - window_start
-            train_images_seen += window_images
-            if progress is not None:
-                progress.close()
-            save_checkpoint(manager, state, meta)
-            eval_metrics, _, _ = evaluate(state)
-            writer.write(step, "eval", eval_metrics)
-            if is_chief:
-                print(
-                    f"epoch {epoch + 1}/{config.num_epochs} step {step}: "
-                    + " ".join(f"eval_{k} {v:.4f}" for k, v in eval_metrics.items())
+        for step, images, labels in batches:
+            state, step_metrics = p_train_step(state, images, labels, key)
+            timer.stepped(state.step, config.batch_size)
+            buffer.add(step, step_metrics)
+            progress.step(step)
+            done = step + 1
+            if len(buffer) >= config.log_every_steps:
+                progress.show(buffer.flush(), timer.images_per_sec())
+            every = config.checkpoint_every_steps
+            if stop.signal or (every and done % every == 0):
+                buffer.flush()
+                save_checkpoint(manager, state, meta)
+            if stop.signal:
+                raise TrainingInterrupted(
+                    f"{stop.signal} at step {done}: checkpoint written to "
+                    f"{checkpoints.checkpoint_dir(workdir)}; run the same command again to resume"
                 )
-    # Final evaluation with the per-class report.
-    eval_metrics, labels, predictions = evaluate(state)
-    report = metrics_lib.classification_report(labels, predictions, dataset.class_names)
-    skipped = getattr(dataset, "skipped", {})
-    wall = time.perf_counter() - start
-    summary = {
-        "model": config.model,
-        "dataset": config.dataset,
-        "top1": eval_metrics["top1"],
-        "top5": eval_metrics["top5"],
-        "loss": eval_metrics["loss"],
-        "macro_f1": report["macro_f1"],
-        "steps": step,
-        "epochs": step / steps_per_epoch,
-        "images_per_sec": train_images_seen / max(train_seconds, 1e-9),
-        "wall_s": wall,
-        "devices": len(devices),
-        "processes": jax.process_count(),
-        "skipped_files": len(skipped),
-    }
-    writer.write(step, "final", {k: summary[k] for k in ("top1", "top5", "loss", "macro_f1")})
-    writer.close()
-    if skipped:  # each process lists the files of its own shard
-        listing = workdir / f"skipped_files.{jax.process_index()}.txt"
-        listing.write_text("".join(f"{path}\t{why}\n" for path, why in sorted(skipped.items())))
-        print(f"skipped {len(skipped)} unreadable or non-image files, listed in {listing}")
+            if done % steps_per_epoch == 0 or done == stop_at:  # the end of an epoch
+                progress.show(buffer.flush(), timer.images_per_sec())
+                timer.pause(state.step)
+                progress.close()
+                save_checkpoint(manager, state, meta)
+                eval_metrics, _, _ = evaluate(p_eval_step, state, dataset, config, shardings)
+                writer.write(done, "eval", eval_metrics)
+                if is_chief:
+                    print(
+                        f"epoch {-(-done // steps_per_epoch)}/{config.num_epochs} step {done}: "
+                        + " ".join(f"eval_{k} {v:.4f}" for k, v in eval_metrics.items())
+                    )
+                timer.resume()
+
+    summary = final_report(config, state, dataset, p_eval_step, shardings, workdir, writer)
+    steps = int(jax.device_get(state.step))
+    summary.update(steps=steps, epochs=steps / steps_per_epoch,
+                   images_per_sec=timer.images_per_sec(), wall_s=time.perf_counter() - start_time,
+                   devices=len(devices), processes=jax.process_count())  # fmt: skip
     if is_chief:
-        (workdir / "confusion_matrix.json").write_text(json.dumps(report, indent=2) + "\n")
-        metrics_lib.plot_confusion_matrix(report, workdir / "confusion_matrix.png")
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     manager.close()
     return summary
 
 
-def _progress_bar(config, epoch: int, total: int, initial: int):
-    if not config.progress_bar:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{config.num_epochs}",
-                unit="step", leave=True, dynamic_ncols=True)  # fmt: skip
+def final_report(config, state, dataset, p_eval_step, shardings, workdir: Path, writer) -> dict:
+    """The last evaluation with its per-class report (confusion_matrix.json and .png), the list
+    of skipped files, and the summary's accuracy fields."""
+    eval_metrics, labels, predictions = evaluate(p_eval_step, state, dataset, config, shardings)
+    report = metrics_lib.classification_report(labels, predictions, dataset.class_names)
+    summary = {"model": config.model, "dataset": config.dataset, **eval_metrics,
+               "macro_f1": report["macro_f1"], "skipped_files": len(dataset.skipped)}  # fmt: skip
+    step = int(jax.device_get(state.step))
+    writer.write(step, "final", {k: summary[k] for k in ("top1", "top5", "loss", "macro_f1")})
+    writer.close()
+    if dataset.skipped:  # each process lists the files of its own shard
+        listing = workdir / f"skipped_files.{jax.process_index()}.txt"
+        listing.write_text("".join(f"{p}\t{why}\n" for p, why in sorted(dataset.skipped.items())))
+        print(f"skipped {len(dataset.skipped)} unreadable or non-image files, listed in {listing}")
+    if jax.process_index() == 0:
+        (workdir / "confusion_matrix.json").write_text(json.dumps(report, indent=2) + "\n")
+        metrics_lib.plot_confusion_matrix(report, workdir / "confusion_matrix.png")
+    return summary

@@ -1,14 +1,5 @@
-"""Training and evaluation data as fixed-shape numpy batches, in a deterministic order.
-
-Every dataset answers the same questions for the training loop: its classes, its image shape,
-how many steps make an epoch, and the batches of one epoch from a given step on. Batch b of
-epoch e is a pure function of (seed, e, b), so a resumed run reads exactly the batches an
-uninterrupted one would.
-
-Each process (one per host in a multi-host run) gets only its own slice of every global batch:
-rows [p * local, (p + 1) * local) for process p. Where the order is a global permutation
-(digits, folders), N processes therefore train on exactly the batches one process would.
-"""
+"""Datasets held in host memory as numpy arrays: scikit-learn's digits, and the batching rules
+(fixed shapes, padded and masked evaluation batches) every source follows."""
 
 from __future__ import annotations
 
@@ -17,7 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from train.shard import SINGLE_PROCESS, ProcessShard
+from train.data.shard import SINGLE_PROCESS, ProcessShard
 
 
 def padded_batches(images, labels, batch_size: int, num_batches: int):
@@ -31,17 +22,6 @@ def padded_batches(images, labels, batch_size: int, num_batches: int):
             x = np.concatenate([x, np.zeros((pad, *images.shape[1:]), images.dtype)])
             y = np.concatenate([y, np.zeros(pad, labels.dtype)])
         yield x, y, mask
-
-
-def normalize_on_host(images: np.ndarray, dataset, dtype=np.float32) -> np.ndarray:
-    """A dataset's batch as normalized floats on the host: what `jaxnets eval` and `parity`
-    feed, identically, to both frameworks (tf.data sources deliver uint8; digits arrive
-    normalized). Training normalizes on the device instead (train.train.normalize)."""
-    if dataset.mean is None:
-        return images.astype(dtype)
-    mean = np.asarray(dataset.mean, np.float32) * 255
-    std = np.asarray(dataset.std, np.float32) * 255
-    return ((images.astype(np.float32) - mean) / std).astype(dtype)
 
 
 @dataclasses.dataclass
@@ -68,6 +48,7 @@ class InMemoryDataset:
     # Batches are already normalized floats: nothing to do on the device.
     mean = None
     std = None
+    skipped: dict = dataclasses.field(default_factory=dict)  # no files, none unreadable
 
     @property
     def num_classes(self) -> int:
@@ -152,54 +133,3 @@ def load_digits(image_size: int, pad_crop: int = 0, shard: ProcessShard = SINGLE
         pad_crop=pad_crop,
         shard=shard,
     )
-
-
-def load_dataset(config, shard: ProcessShard = SINGLE_PROCESS):
-    """The dataset a config names, reading `shard`'s part of every batch.
-
-    Raises:
-      ValueError: an unknown dataset string, or a missing, empty or unprepared dataset (one
-        line naming it).
-    """
-    kind, _, where = config.dataset.partition(":")
-    if config.dataset == "digits":
-        if config.augment not in ("none", "pad_crop"):
-            raise ValueError(f"config.augment={config.augment!r}: digits supports none, pad_crop")
-        padding = (config.crop_padding or config.image_size // 8) if config.augment != "none" else 0
-        return load_digits(config.image_size, padding, shard)
-    if kind not in ("tfds", "folder") or not where:
-        raise ValueError(
-            f"config.dataset={config.dataset!r}: unknown; expected digits, tfds:NAME[:VERSION] "
-            "or folder:PATH"
-        )
-    from train import tfdata
-
-    augmentation = tfdata.Augmentation(
-        image_size=config.image_size, train_crop=config.augment,
-        crop_padding=config.crop_padding, hflip=config.hflip,
-        color_jitter=config.color_jitter, eval_resize=config.eval_resize,
-    )  # fmt: skip
-    options = tfdata.PipelineOptions(
-        bad_images=config.bad_images, deterministic=config.data_deterministic,
-        threads=config.data_threads, shuffle_buffer=config.shuffle_buffer,
-    )  # fmt: skip
-    if kind == "folder":
-        return tfdata.FolderDataset(where, augmentation, options, shard)
-    return tfdata.TfdsDataset(
-        where, augmentation, options, shard, data_dir=config.data_dir,
-        manual_dir=config.manual_dir, download=config.download,
-    )  # fmt: skip
-
-
-def load_eval_dataset(spec: str, augmentation, *, data_dir: str = ""):
-    """The evaluation split alone of 'folder:PATH' (PATH/val, or PATH itself when it holds the
-    class folders) or 'tfds:NAME' (validation, else test), for `jaxnets eval`."""
-    from train import tfdata
-
-    kind, _, where = spec.partition(":")
-    options = tfdata.PipelineOptions(bad_images="skip")
-    if kind == "folder" and where:
-        return tfdata.FolderDataset(where, augmentation, options, eval_only=True)
-    if kind == "tfds" and where:
-        return tfdata.TfdsDataset(where, augmentation, options, data_dir=data_dir, eval_only=True)
-    raise ValueError(f"--data {spec!r}: expected folder:PATH or tfds:NAME[:VERSION]")

@@ -1,5 +1,5 @@
 """Which slice of each global batch a process reads: shared by the in-memory datasets
-(train/data.py) and the tf.data pipelines (train/tfdata.py), which both import it from here."""
+(arrays.py) and the tf.data pipelines (tfdata.py)."""
 
 from __future__ import annotations
 

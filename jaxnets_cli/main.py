@@ -1,4 +1,4 @@
-"""The `jaxnets` command line.
+"""`jaxnets COMMAND`: the argument parsers and the one place errors become one line.
 
 Every failure a user can cause (a missing or corrupt file, weights of another architecture, an
 existing output) ends in one line on stderr and exit status 2, never a traceback.
@@ -12,7 +12,16 @@ import json
 import math
 import sys
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, RuntimeError, OSError)
+from jaxnets import extras
+
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    RuntimeError,
+    OSError,
+    extras.MissingExtra,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,9 +229,12 @@ def _convert(args) -> int:
 
 
 def _eval(args) -> int:
-    from train.evaluate import evaluate, format_report
-
     _known_model(args.name)
+    extras.require("train", "this command")
+    if args.compare_torch:
+        extras.require("torch", "--compare-torch")
+    from jaxnets_cli.evaluate import evaluate, format_report
+
     result = evaluate(
         args.name, args.weights, args.data, batch_size=args.batch_size, resize=args.resize,
         crop=args.crop, compare_torch=args.compare_torch, limit=args.limit,
@@ -234,9 +246,11 @@ def _eval(args) -> int:
 
 
 def _parity_train(args) -> int:
-    from train.parity import ParitySettings, format_report, run
-
     _known_model(args.name)
+    extras.require("train", "this command")
+    extras.require("torch", "this command")
+    from jaxnets_cli.parity import ParitySettings, format_report, run
+
     if args.steps < 1:
         raise ValueError(f"--steps {args.steps}: expected >= 1")
     settings = ParitySettings(
@@ -252,7 +266,8 @@ def _parity_train(args) -> int:
 
 
 def _bench(args) -> int:
-    from jaxnets.bench import BenchSettings, format_table, run
+    extras.require("train", "this command")
+    from jaxnets_cli.bench import BenchSettings, format_table, run
 
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     for name in models:

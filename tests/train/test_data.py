@@ -12,9 +12,9 @@ import torchvision.transforms.v2.functional as TF
 from conftest import CIFAR_CLASSES
 from PIL import Image
 
-from train import data, preprocess, tfdata
+from train import data
 from train.config import base_config
-from train.data import ProcessShard
+from train.data import ProcessShard, preprocess, tfdata
 
 
 def config_for(dataset, **overrides):

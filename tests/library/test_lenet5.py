@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 import torch
-from conftest import assert_matches_reference_module, nhwc, relative_error
+from conftest import REPO, assert_matches_reference_module, load_config, nhwc, relative_error
 
 import jaxnets
 
@@ -69,9 +69,7 @@ def test_lenet5_rejects_other_sizes_and_activations():
 
 
 def test_lenet5_trains_on_the_digits_and_goes_back_to_torch(tmp_path):
-    from test_train import REPO, load_config
-
-    from jaxnets import cli
+    from jaxnets_cli import main as cli
     from train.train import train_and_evaluate
 
     config = load_config(REPO / "configs" / "digits_lenet5.py")

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from train import preprocess
-from train.shard import SINGLE_PROCESS, ProcessShard
+from train.data import preprocess
+from train.data.shard import SINGLE_PROCESS, ProcessShard
 
 # Keep TensorFlow off the accelerators: it is only the input pipeline here.
 tf.config.set_visible_devices([], "GPU")
@@ -158,52 +158,65 @@ class _TfDataset:
         re-chunking batches shortened by dropped files and recording the dropped `paths`;
         keep_partial yields the short remainder at the end (evaluation pads it). Gaps name
         dropped files only when the pipeline keeps its order (`ordered`)."""
-        buffer, expected = [], 0
+        if paths is not None and ordered:
+            batches = self._record_gaps(batches, paths)
+        produced = 0
         try:
-            for batch in batches:
-                if paths is not None and ordered:
-                    seen = batch["position"]
-                    lost = np.setdiff1d(np.arange(expected, seen.max() + 1), seen)
-                    for position in lost:
-                        self.skipped.setdefault(
-                            str(paths[position]), "cannot be decoded as an image"
-                        )
-                    expected = seen.max() + 1
-                if not buffer and len(batch["label"]) == batch_size:
-                    yield batch  # the common case: no copy
-                    count -= 1
-                    if not count:
-                        return
-                    continue
-                buffer.append(batch)
-                rows = sum(len(b["label"]) for b in buffer)
-                while rows >= batch_size and count:
-                    merged = {k: np.concatenate([b[k] for b in buffer]) for k in buffer[0]}
-                    yield {k: v[:batch_size] for k, v in merged.items()}
-                    buffer = [{k: v[batch_size:] for k, v in merged.items()}]
-                    rows -= batch_size
-                    count -= 1
-                if not count:
-                    return
+            for batch in _rechunk(batches, batch_size, keep_partial) if count > 0 else ():
+                yield batch
+                produced += 1
+                if produced == count:
+                    return  # before reading further: the pipeline may hold more
         except tf.errors.OpError as e:
             if paths is None:
                 raise
-            bad = find_unreadable(paths)
-            if bad:
-                path, reason = next(iter(bad.items()))
-                raise DataError(
-                    f"unreadable image {path} ({reason}); {len(bad)} such file(s) in this "
-                    "shard: remove them or set config.bad_images='skip'"
-                ) from None
-            raise DataError(f"input pipeline failed: {str(e).splitlines()[0]}") from None
-        if keep_partial and buffer and len(buffer[0]["label"]):
-            merged = {k: np.concatenate([b[k] for b in buffer]) for k in buffer[0]}
-            yield merged
-        if count and not keep_partial:
+            raise _unreadable_image_error(e, paths) from None
+        if not keep_partial and produced < count:
             raise DataError(
                 f"{self.name}: ran out of readable training images ({len(self.skipped)} "
                 "unreadable files skipped)"
             )
+
+    def _record_gaps(self, batches, paths):
+        """Passes ordered batches through, recording as skipped the files whose positions are
+        missing: those tf.data dropped as undecodable."""
+        expected = 0
+        for batch in batches:
+            seen = batch["position"]
+            for position in np.setdiff1d(np.arange(expected, seen.max() + 1), seen):
+                self.skipped.setdefault(str(paths[position]), "cannot be decoded as an image")
+            expected = seen.max() + 1
+            yield batch
+
+
+def _rechunk(batches, batch_size: int, keep_partial: bool):
+    """Batches of exactly batch_size rows out of batches that dropped files left short, and
+    with keep_partial the short remainder last."""
+    buffer = []
+    for batch in batches:
+        if not buffer and len(batch["label"]) == batch_size:
+            yield batch  # the common case: no copy
+            continue
+        buffer.append(batch)
+        merged = {k: np.concatenate([b[k] for b in buffer]) for k in batch}
+        while len(merged["label"]) >= batch_size:
+            yield {k: v[:batch_size] for k, v in merged.items()}
+            merged = {k: v[batch_size:] for k, v in merged.items()}
+        buffer = [merged] if len(merged["label"]) else []
+    if keep_partial and buffer:
+        yield buffer[0]
+
+
+def _unreadable_image_error(error, paths) -> DataError:
+    """The pipeline stopped (bad_images='error'): find the first file that fails to decode."""
+    bad = find_unreadable(paths)
+    if not bad:
+        return DataError(f"input pipeline failed: {str(error).splitlines()[0]}")
+    path, reason = next(iter(bad.items()))
+    return DataError(
+        f"unreadable image {path} ({reason}); {len(bad)} such file(s) in this shard: remove "
+        "them or set config.bad_images='skip'"
+    )
 
 
 def find_unreadable(paths, threads: int = 0) -> dict[str, str]:

@@ -1,7 +1,6 @@
 """The training program: configs, bad-config errors, loss going down, exact resume, fine-tuning
 from converted weights, and 4 devices against 1."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,35 +13,18 @@ import numpy as np
 import optax
 import pytest
 import torch
+from conftest import REPO, load_config, tiny_config
 
 from train.config import ConfigError, base_config, validate
 from train.optim import make_optimizer
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.py"))
-
-
-def load_config(path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
-def tiny_config(**overrides):
-    config = load_config(REPO / "configs" / "digits.py")
-    config.update(
-        {"image_size": 16, "batch_size": 16, "eval_batch_size": 64, "num_epochs": 1,
-         "max_steps": 6, "checkpoint_every_steps": 3, "log_every_steps": 1,
-         "progress_bar": False, "augment": "none", "warmup_epochs": 0.0, **overrides}
-    )  # fmt: skip
-    return config
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_config_parses_and_builds_model_and_optimizer(path):
     import jaxnets
-    from train.train import create_model
+    from train.state import create_model
 
     config = load_config(path)
     assert "python -m train --config configs/" in path.read_text()  # docstring says how to run
@@ -141,7 +123,7 @@ def test_training_lowers_the_loss_and_a_resumed_run_is_bit_identical(tmp_path):
     # The trained weights go back to PyTorch straight from the workdir.
     import torchvision
 
-    from jaxnets import cli
+    from jaxnets_cli import main as cli
 
     out = tmp_path / "trained.pth"
     assert cli.main(["convert", "resnet18", "--from-jax", str(tmp_path / "full"), "--out",
@@ -163,7 +145,7 @@ def test_non_finite_loss_stops_and_names_the_step(tmp_path):
 def test_fine_tuning_from_a_torchvision_file_with_a_new_head(tmp_path):
     import torchvision
 
-    from train.train import create_model, initial_variables
+    from train.state import create_model, initial_variables
 
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
@@ -280,7 +262,8 @@ def test_sigterm_checkpoints_the_current_step_and_the_same_command_resumes(tmp_p
 def test_ema_bfloat16_and_remat_training(tmp_path):
     import orbax.checkpoint as ocp
 
-    from train.train import create_model, train_and_evaluate
+    from train.state import create_model
+    from train.train import train_and_evaluate
 
     config = tiny_config(
         max_steps=2, ema_decay=0.5, dtype="bfloat16", learning_rate=0.01, remat=True

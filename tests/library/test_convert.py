@@ -16,8 +16,9 @@ import torchvision
 from conftest import torchvision_model
 
 import jaxnets
-from jaxnets import cli, pretrained
+from jaxnets import pretrained
 from jaxnets.convert import ConversionError, from_torchvision, load_state_dict, to_torchvision
+from jaxnets_cli import main as cli
 
 
 def assert_trees_equal(a, b):
@@ -305,7 +306,7 @@ def test_convert_command_errors_are_one_line_and_write_nothing(tmp_path, capsys,
 
 def test_console_script_is_installed():
     result = subprocess.run(
-        [sys.executable, "-m", "jaxnets.cli", "models"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "jaxnets_cli", "models"], capture_output=True, text=True, check=True
     )
     assert "resnet50           IMAGENET1K_V1 IMAGENET1K_V2" in result.stdout
     assert len(result.stdout.splitlines()) == len(jaxnets.list_models())

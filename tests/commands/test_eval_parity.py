@@ -7,9 +7,9 @@ import pytest
 import torch
 import torchvision
 
-from jaxnets import cli
-from jaxnets.bench import format_table
-from train.evaluate import preprocessing_for_file
+from jaxnets_cli import main as cli
+from jaxnets_cli.bench import format_table
+from jaxnets_cli.evaluate import preprocessing_for_file
 
 
 def run_cli(capsys, *args):
@@ -177,7 +177,7 @@ def test_bench_rows_for_jaxnets_and_torch(capsys):
 
 @pytest.mark.slow  # three compiled train steps
 def test_bench_remat_applies_to_resnets_only():
-    from jaxnets.bench import BenchSettings, jaxnets_runner
+    from jaxnets_cli.bench import BenchSettings, jaxnets_runner
 
     memory = {}
     for name, remat in [("resnet18", False), ("resnet18", True), ("alexnet", True)]:

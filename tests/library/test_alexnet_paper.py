@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import assert_matches_reference_module, nhwc, relative_error
+from conftest import assert_matches_reference_module, nhwc, relative_error, tiny_config
 
 import jaxnets
 from jaxnets.layers import local_response_norm
@@ -94,8 +94,6 @@ def test_alexnet_paper_parameters_and_initialization():
 
 @pytest.mark.slow  # a 227x227 training run
 def test_alexnet_paper_trains_with_the_training_program(image_folder, tmp_path):
-    from test_train import tiny_config
-
     from train.train import train_and_evaluate
 
     # The photo folder (12 validation images) keeps the 227x227 evaluation short.

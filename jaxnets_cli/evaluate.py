@@ -76,82 +76,116 @@ def evaluate(
     except ImportError:
         if compare_torch:
             raise
-    import jax
-    import jax.numpy as jnp
-
-    import jaxnets
-    from jaxnets.registry import head_module
-    from train.data import normalize_on_host
 
     variables, preprocessing = load_weights(name, weights)
     if resize is not None:
         preprocessing = dataclasses.replace(preprocessing, resize=resize, source="--resize")
     if crop is not None:
         preprocessing = dataclasses.replace(preprocessing, crop=crop)
-    num_classes = int(variables["params"][head_module(name)]["kernel"].shape[-1])
-    model = jaxnets.create_model(name, num_classes=num_classes)
-    # Compiled up front, so that images/sec times every batch and never the compilation.
-    example = jnp.zeros((batch_size, preprocessing.crop, preprocessing.crop, 3), jnp.float32)
-    with jax.default_matmul_precision("highest"):
-        logits_of = (
-            jax.jit(lambda variables, images: model.apply(variables, images, train=False))
-            .lower(variables, example)
-            .compile()
-        )
-    torch_model = _torch_model(name, variables, num_classes) if compare_torch else None
+    classifier = _Classifier(name, variables, batch_size, preprocessing.crop)
+    torch_model = _torch_model(name, variables, classifier.num_classes) if compare_torch else None
 
-    def run_pass(antialias: bool, with_torch: bool):
+    def predictions(antialias: bool, torch_model=None) -> _Predictions:
         dataset = _eval_dataset(data, data_dir, preprocessing, antialias)
-        if dataset.num_classes > num_classes:
-            raise ValueError(
-                f"{data} has {dataset.num_classes} classes, the {name} head only {num_classes}"
-            )
-        ours, theirs, labels = [], [], []
-        seconds, timed_images, seen = 0.0, 0, 0
-        with jax.default_matmul_precision("highest"):
-            for images, batch_labels, mask in dataset.eval_batches(batch_size):
-                if limit and seen >= limit:
-                    break
-                batch = normalize_on_host(images, dataset)  # fed to both frameworks
-                start = time.perf_counter()
-                logits = np.asarray(logits_of(variables, jnp.asarray(batch)))
-                seconds += time.perf_counter() - start
-                timed_images += int(mask.sum())
-                ours.append(logits[mask])
-                labels.append(batch_labels[mask])
-                if with_torch:
-                    theirs.append(torch_logits(torch_model, batch)[mask])
-                seen += int(mask.sum())
-        n = min(limit or seen, seen)
-        theirs = np.concatenate(theirs)[:n] if with_torch else None
-        rate = timed_images / seconds if seconds else float("nan")
-        return np.concatenate(ours)[:n], theirs, np.concatenate(labels)[:n], rate
+        if dataset.num_classes > classifier.num_classes:
+            raise ValueError(f"{data} has {dataset.num_classes} classes, the {name} head only "
+                             f"{classifier.num_classes}")  # fmt: skip
+        return _predict(classifier, torch_model, dataset, batch_size, limit)
 
-    ours, theirs, labels, rate = run_pass(antialias, torch_model is not None)
+    ours = predictions(antialias, torch_model)
     result = {
-        "model": name, "weights": str(weights), "data": data, "images": len(labels),
+        "model": name, "weights": str(weights), "data": data, "images": len(ours.labels),
         "resize": preprocessing.resize, "crop": preprocessing.crop, "antialias": antialias,
-        "preprocessing_from": preprocessing.source, **_accuracy(ours, labels),
-        "images_per_sec": rate,
+        "preprocessing_from": preprocessing.source, **_accuracy(ours.logits, ours.labels),
+        "images_per_sec": ours.images_per_sec,
     }  # fmt: skip
-    if theirs is not None:
-        torch_accuracy = _accuracy(theirs, labels)
-        result["torch"] = torch_accuracy
-        result["top1_agreement"] = float(np.mean(ours.argmax(-1) == theirs.argmax(-1)))
-        result["max_abs_logit_diff"] = float(np.abs(ours - theirs).max())
-        result["top1_diff_points"] = 100 * (result["top1"] - torch_accuracy["top1"])
+    if ours.torch_logits is not None:
+        result.update(_torch_comparison(ours, result["top1"]))
     if compare_antialias:
-        other, _, _, _ = run_pass(not antialias, False)
+        other = predictions(not antialias).logits
         result["other_antialias"] = {
-            "antialias": not antialias, **_accuracy(other, labels),
-            "top1_agreement": float(np.mean(ours.argmax(-1) == other.argmax(-1))),
+            "antialias": not antialias, **_accuracy(other, ours.labels),
+            "top1_agreement": float(np.mean(ours.logits.argmax(-1) == other.argmax(-1))),
         }  # fmt: skip
     return result
 
 
+class _Classifier:
+    """The model's eval-mode forward pass, compiled up front for one batch shape, so that
+    images/sec times every batch and never the compilation."""
+
+    def __init__(self, name: str, variables, batch_size: int, crop: int):
+        import jax
+        import jax.numpy as jnp
+
+        import jaxnets
+
+        self.variables = variables
+        self.num_classes = int(variables["params"][jaxnets.head_module(name)]["kernel"].shape[-1])
+        model = jaxnets.create_model(name, num_classes=self.num_classes)
+        example = jnp.zeros((batch_size, crop, crop, 3), jnp.float32)
+        with jax.default_matmul_precision("highest"):
+            self._forward = (
+                jax.jit(lambda variables, images: model.apply(variables, images, train=False))
+                .lower(variables, example)
+                .compile()
+            )
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._forward(self.variables, batch))
+
+
+@dataclasses.dataclass
+class _Predictions:
+    logits: np.ndarray
+    torch_logits: np.ndarray | None
+    labels: np.ndarray
+    images_per_sec: float
+
+
+def _predict(classifier, torch_model, dataset, batch_size: int, limit: int) -> _Predictions:
+    """Logits of the first `limit` (0: all) evaluation images, from jaxnets and, given a torch
+    model, from torchvision on the same normalized batches."""
+    import jax
+
+    from train.data import normalize_on_host
+
+    ours, theirs, labels = [], [], []
+    seconds, seen = 0.0, 0
+    with jax.default_matmul_precision("highest"):
+        for images, batch_labels, mask in dataset.eval_batches(batch_size):
+            if limit and seen >= limit:
+                break
+            batch = normalize_on_host(images, dataset)  # fed to both frameworks
+            start = time.perf_counter()
+            logits = classifier(batch)
+            seconds += time.perf_counter() - start
+            ours.append(logits[mask])
+            labels.append(batch_labels[mask])
+            if torch_model is not None:
+                theirs.append(torch_logits(torch_model, batch)[mask])
+            seen += int(mask.sum())
+    n = min(limit or seen, seen)
+    return _Predictions(
+        logits=np.concatenate(ours)[:n],
+        torch_logits=np.concatenate(theirs)[:n] if torch_model is not None else None,
+        labels=np.concatenate(labels)[:n],
+        images_per_sec=seen / seconds if seconds else float("nan"),
+    )
+
+
+def _torch_comparison(p: _Predictions, top1: float) -> dict:
+    torch_accuracy = _accuracy(p.torch_logits, p.labels)
+    return {
+        "torch": torch_accuracy,
+        "top1_agreement": float(np.mean(p.logits.argmax(-1) == p.torch_logits.argmax(-1))),
+        "max_abs_logit_diff": float(np.abs(p.logits - p.torch_logits).max()),
+        "top1_diff_points": 100 * (top1 - torch_accuracy["top1"]),
+    }
+
+
 def _eval_dataset(data: str, data_dir: str, preprocessing: Preprocessing, antialias: bool):
-    from train import tfdata
-    from train.data import load_eval_dataset
+    from train.data import load_eval_dataset, tfdata
 
     augmentation = tfdata.Augmentation(image_size=preprocessing.crop,
                                        eval_resize=preprocessing.resize,

@@ -3,7 +3,7 @@
 For each model and framework it measures the whole train step (forward, backward, SGD momentum
 update, BatchNorm statistics), inference, compile time and peak device memory:
 
-- jaxnets: one jitted train step as train/train.py runs it, its state donated where
+- jaxnets: train/steps.py's train step, jitted as train/train.py jits it, its state donated where
   jaxnets.xla_flags.donates_train_state says (not on CPU); compile time is
   `lower().compile()`; memory is XLA's own accounting of the compiled step (arguments +
   outputs + temporaries - aliases), on every device: the device's peak counter covers the
@@ -69,56 +69,53 @@ def _timed(fn, steps: int, warmup: int) -> float:
 
 
 def jaxnets_runner(name: str, s: BenchSettings) -> Runner:
+    """The train step `python -m train` runs (train/steps.py, the optimizer of train/optim.py
+    at the default config), on one device."""
+    import functools
+
     import jax
     import jax.numpy as jnp
-    import optax
 
     import jaxnets
     from jaxnets.xla_flags import donates_train_state
+    from train.config import base_config
+    from train.optim import learning_rate_schedule
+    from train.state import create_model, create_train_state
+    from train.steps import train_step
 
-    dtype = jnp.bfloat16 if s.dtype == "bfloat16" else jnp.float32
-    remat = {"remat": True} if s.remat and jaxnets.model_info(name).residual_blocks else {}
-    model = jaxnets.create_model(name, num_classes=1000, dtype=dtype, **remat)
+    config = base_config().unlock()
+    config.update(
+        model=name, dtype=s.dtype, remat=s.remat and jaxnets.model_info(name).residual_blocks
+    )
+    model = create_model(config, num_classes=1000, device_count=1)
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.normal(size=(s.batch_size, s.image_size, s.image_size, 3)),
                          jnp.float32)  # fmt: skip
     labels = jnp.asarray(rng.integers(0, 1000, s.batch_size), jnp.int32)
     variables = jax.jit(lambda: model.init(jax.random.key(0), images[:1], train=False))()
-    tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
-    state = (variables["params"], variables.get("batch_stats", {}), tx.init(variables["params"]))
-
-    def train_step(state, images, labels, key):
-        params, batch_stats, opt_state = state
-
-        def loss_fn(params):
-            logits, updates = model.apply(
-                {"params": params, "batch_stats": batch_stats}, images, train=True,
-                mutable=["batch_stats"], rngs={"dropout": key},
-            )  # fmt: skip
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            return loss, updates.get("batch_stats", batch_stats)
-
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
-
+    variables.setdefault("batch_stats", {})
+    steps_per_epoch = 1000  # the schedule's length: any value times the same step
+    state = create_train_state(config, model, dict(variables), steps_per_epoch)
+    step = functools.partial(
+        train_step, num_classes=1000, schedule=learning_rate_schedule(config, steps_per_epoch)
+    )
     key = jax.random.key(1)
     start = time.perf_counter()
     donate = 0 if donates_train_state(jax.default_backend()) else ()
-    step = jax.jit(train_step, donate_argnums=donate)
-    compiled = step.lower(state, images, labels, key).compile()
+    compiled = jax.jit(step, donate_argnums=donate).lower(state, images, labels, key).compile()
     compile_s = time.perf_counter() - start
     holder = {"state": state}
 
     def train():
-        holder["state"], loss = compiled(holder["state"], images, labels, key)
-        loss.block_until_ready()
+        holder["state"], metrics = compiled(holder["state"], images, labels, key)
+        metrics["loss"].block_until_ready()
 
     apply_eval = jax.jit(lambda v, x: model.apply(v, x, train=False))
 
     def infer():
-        params, batch_stats, _ = holder["state"]
-        apply_eval({"params": params, "batch_stats": batch_stats}, images).block_until_ready()
+        state = holder["state"]
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        apply_eval(variables, images).block_until_ready()
 
     return Runner(train, infer, lambda: _xla_step_memory(compiled), lambda _: compile_s)
 

@@ -122,9 +122,9 @@ def highest_precision():
 FAST_MODELS = ("alexnet_paper", "lenet5", "resnet18", "vgg11_bn")
 
 
-def sweep(names) -> list:
-    """pytest parameters over model names, the ones outside FAST_MODELS marked slow."""
-    return [pytest.param(n, marks=() if n in FAST_MODELS else pytest.mark.slow) for n in names]
+def sweep(names, fast=FAST_MODELS) -> list:
+    """pytest parameters over model names, the ones outside `fast` marked slow."""
+    return [pytest.param(n, marks=() if n in fast else pytest.mark.slow) for n in names]
 
 
 ALL_MODELS = jaxnets.list_models()

@@ -12,7 +12,8 @@ jaxnets.use_fast_cpu_flags()  # the entry point's choice, made before JAX starts
 try:
     extras.require("train", "the training program")
 except extras.MissingExtra as e:
-    sys.exit(f"train: error: {e}")
+    print(f"train: error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

@@ -13,7 +13,7 @@ import pytest
 import safetensors.torch
 import torch
 import torchvision
-from conftest import torchvision_model
+from conftest import sweep, torchvision_model
 
 import jaxnets
 from jaxnets import pretrained
@@ -32,7 +32,10 @@ def resnet18_state():
     return torchvision_model("resnet18", num_classes=10).state_dict()
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnext50_32x4d", "vgg11_bn", "alexnet"])
+@pytest.mark.parametrize(
+    "name",
+    sweep(["resnet18", "resnext50_32x4d", "vgg11_bn", "alexnet"], fast=("resnet18", "alexnet")),
+)
 def test_round_trip_is_bit_exact(name):
     state = torchvision_model(name, num_classes=10).state_dict()
     variables = from_torchvision(name, state)

@@ -106,7 +106,8 @@ def test_forward_backward_and_batch_stats(name):
         assert all(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
 
 
-@pytest.mark.parametrize("name", sweep(["alexnet", "vgg11", "vgg11_bn"]))
+# The fast tier checks the dropout layer on the cheapest model that has it.
+@pytest.mark.parametrize("name", sweep(["alexnet", "vgg11", "vgg11_bn"], fast=("alexnet",)))
 def test_dropout_only_in_train_mode(name):
     model = jaxnets.create_model(name, num_classes=10)
     variables, x = init(model, (64, 64))
@@ -123,6 +124,7 @@ def test_dropout_only_in_train_mode(name):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters_and_statistics():
     model = jaxnets.create_model("resnet18", num_classes=4, dtype=jnp.bfloat16)
     variables, x = init(model)
@@ -135,6 +137,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_statistics():
     assert "bf16" in hlo
 
 
+@pytest.mark.slow
 def test_resnet_options():
     model = jaxnets.create_model("resnet50", zero_init_residual=True, num_classes=3)
     variables, _ = init(model)
@@ -150,6 +153,7 @@ def test_resnet_options():
         init(jaxnets.create_model("resnet18", groups=2))
 
 
+@pytest.mark.slow
 def test_initialization_matches_torchvision_schemes():
     params = init(jaxnets.create_model("resnet50"))[0]["params"]
     kernel = np.asarray(params["layer1_0"]["conv2"]["kernel"])  # 3x3, 64 -> 64
@@ -182,6 +186,7 @@ def test_registry_errors():
     assert jaxnets.list_models() == sorted([*TORCHVISION_PARAMS, *HISTORIC_MODELS])
 
 
+@pytest.mark.slow
 @pytest.mark.float32
 def test_remat_keeps_parameters_and_gradients():
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)

@@ -259,6 +259,7 @@ def test_sigterm_checkpoints_the_current_step_and_the_same_command_resumes(tmp_p
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == step + 2
 
 
+@pytest.mark.slow
 def test_ema_bfloat16_and_remat_training(tmp_path):
     import orbax.checkpoint as ocp
 

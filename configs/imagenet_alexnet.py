@@ -4,7 +4,7 @@
 
 torchvision: SGD momentum 0.9, lr 0.01 (batch 256), weight decay 1e-4, 90 epochs, lr / 10 every
 30 epochs. ImageNet must be
-prepared by hand once: see the README (Data).
+prepared by hand once: see docs/data.md.
 """
 
 from train.config import base_config

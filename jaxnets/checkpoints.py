@@ -4,9 +4,9 @@
                                    step, params, batch_stats, opt_state, ema_params, ema_batch_stats
   WORKDIR/checkpoints/STEP/meta/   JSON: model, num_classes, dataset, class_names, image_shape
 
-The writer (`save`, `restore`) is what the training program calls; `load_weights` is what
-`jaxnets convert --from-jax`, `jaxnets eval` and fine-tuning read. Both sides go through the
-names below, so neither can drift from the other.
+The training program writes and resumes through `describe`, `save` and `restore`;
+`jaxnets convert --from-jax`, `jaxnets eval` and `jaxnets.export.load_variables` read through
+`load_weights`. Both sides go through the names below, so neither can drift from the other.
 """
 
 from __future__ import annotations
@@ -20,6 +20,19 @@ import jax
 CHECKPOINT_DIR = "checkpoints"
 STATE_ITEM = "state"
 META_ITEM = "meta"
+# What a resumed run must agree on with the checkpoint it resumes.
+RESUME_KEYS = ("model", "num_classes", "dataset")
+
+
+def describe(model: str, dataset: str, class_names: list[str], image_shape) -> dict[str, Any]:
+    """The META_ITEM of a checkpoint: what was trained on what."""
+    return {
+        "model": model,
+        "num_classes": len(class_names),
+        "dataset": dataset,
+        "class_names": list(class_names),
+        "image_shape": list(image_shape),
+    }
 
 
 def checkpoint_dir(workdir: os.PathLike | str) -> Path:

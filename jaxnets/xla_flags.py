@@ -7,7 +7,7 @@ measured (this project's 2-core machine), YNNPACK's convolutions are slower than
 convolution at 32x32, batch 16, takes 18 ms forward and 35 ms for the weight gradient through
 YNNPACK, 8 and 10 ms without, as fast as torch's oneDNN. jaxnets therefore takes convolutions
 out of YNNPACK's share and leaves its matrix products where they are; ResNet train steps run
-1.3-1.6x faster (README, Performance). It also turns off XLA:CPU's concurrency-optimized
+1.3-1.6x faster (docs/performance.md). It also turns off XLA:CPU's concurrency-optimized
 scheduler (see CPU_FLAGS). The flags only concern the CPU backend. donates_train_state says
 where a train step should donate its state.
 

@@ -214,12 +214,19 @@ def _torch_model(name: str, variables, num_classes: int):
     return model.eval()
 
 
+def torch_images(batch: np.ndarray):
+    """An NHWC numpy batch as the NCHW tensor torchvision takes."""
+    import torch
+
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
+
+
 def torch_logits(model, batch: np.ndarray) -> np.ndarray:
     """torchvision's logits for an NHWC float batch."""
     import torch
 
     with torch.no_grad():
-        return model(torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()).numpy()
+        return model(torch_images(batch)).numpy()
 
 
 def format_report(r: dict) -> str:

@@ -68,6 +68,7 @@ def run(name: str, settings: ParitySettings) -> dict:
 
 def _run(name: str, settings: ParitySettings) -> dict:
     import jax
+    import torch  # noqa: F401  (before the data pipeline imports tensorflow: PORTING.md)
 
     dtype = np.float64 if settings.float64 else np.float32
     dataset, config, steps_per_epoch = _data_and_config(name, settings)
@@ -115,12 +116,18 @@ def _torch_model(name: str, settings: ParitySettings, num_classes: int):
     import torch
     import torchvision
 
-    import jaxnets
-
-    kwargs = {"dropout": 0.0} if jaxnets.model_info(name).dropout else {}
+    kwargs = _without_dropout(name)
     torch.manual_seed(settings.seed)
     module = torchvision.models.get_model(name, num_classes=num_classes, **kwargs)
     return (module.double() if settings.float64 else module).train()
+
+
+def _without_dropout(name: str) -> dict:
+    """The builder option that turns dropout off, for the families that have it: the two
+    frameworks cannot draw the same masks."""
+    import jaxnets
+
+    return {"dropout": 0.0} if jaxnets.model_info(name).dropout else {}
 
 
 def _nudged(module, direction: float):
@@ -161,7 +168,7 @@ class _JaxRun:
         from train.steps import train_step
 
         self.name, self.num_classes = name, num_classes
-        kwargs = {"dropout": 0.0} if jaxnets.model_info(name).dropout else {}
+        kwargs = _without_dropout(name)
         self.model = jaxnets.create_model(name, num_classes=num_classes, dtype=dtype,
                                           param_dtype=dtype, **kwargs)  # fmt: skip
         variables = from_torchvision(name, torch_model.state_dict(), num_classes=num_classes)
@@ -279,7 +286,9 @@ def _torch_loss(module, batch, labels, dtype=None):
     """torch's mean cross-entropy of `module` on an NHWC numpy batch."""
     import torch
 
-    images = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
+    from jaxnets_cli.evaluate import torch_images
+
+    images = torch_images(batch)
     return torch.nn.functional.cross_entropy(
         module(images if dtype is None else images.to(dtype)),
         torch.from_numpy(labels.astype(np.int64)),
@@ -293,7 +302,7 @@ def _float32_gradient_errors(torch_model, jax_gradient, batch, labels, head: str
     gradient of the `head` module's parameters alone).
 
     In float32, a ReLU input within rounding of zero can switch sides; with small feature maps
-    one such unit moves the whole gradient measurably (README, Parity). Two float32
+    one such unit moves the whole gradient measurably (docs/parity.md). Two float32
     implementations cannot agree more closely than float32 agrees with the exact gradient. The
     head's gradient is the exception: no ReLU lies between it and the loss, so it depends on the
     forward pass only, which is continuous in rounding, and float32 holds it to ~1e-6."""

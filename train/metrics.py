@@ -90,7 +90,7 @@ class MetricBuffer:
 
 class ThroughputTimer:
     """Training images per second, over the steps only: the first step (compilation) and the
-    time between `pause` and `resume` (evaluation, checkpoints) are left out."""
+    time between `pause` and `resume` (each epoch's checkpoint and evaluation) are left out."""
 
     def __init__(self):
         self.images, self.seconds = 0, 0.0

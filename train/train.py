@@ -65,21 +65,20 @@ def initialize_distributed(config) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Shardings:
-    mesh: jax.sharding.Mesh
     replicated: NamedSharding  # parameters, optimizer state, metrics
     batch: NamedSharding  # images, labels and masks, split over 'data'
 
     @classmethod
     def over(cls, devices) -> Shardings:
         mesh = jax.make_mesh((len(devices),), ("data",))
-        return cls(mesh, NamedSharding(mesh, P()), NamedSharding(mesh, P("data")))
+        return cls(NamedSharding(mesh, P()), NamedSharding(mesh, P("data")))
 
     def to_device(self, *arrays):
         """This process's rows of a global batch -> global arrays sharded over 'data'."""
         return [jax.make_array_from_process_local_data(self.batch, a) for a in arrays]
 
 
-def load_data(config):
+def load_data(config) -> tuple[data_lib.Dataset, int, int]:
     """The dataset, its epoch length in steps and the step to stop at."""
     shard = data_lib.ProcessShard(jax.process_index(), jax.process_count())
     dataset = data_lib.load_dataset(config, shard)
@@ -93,26 +92,12 @@ def load_data(config):
     return dataset, steps_per_epoch, min(config.max_steps or total_steps, total_steps)
 
 
-def checkpoint_meta(config, dataset) -> dict:
-    """What a checkpoint says about itself; a resumed run must agree on RESUME_KEYS."""
-    return {
-        "model": config.model,
-        "num_classes": dataset.num_classes,
-        "dataset": config.dataset,
-        "class_names": dataset.class_names,
-        "image_shape": list(dataset.image_shape),
-    }
-
-
-RESUME_KEYS = ("model", "num_classes", "dataset")
-
-
 def restore_or_keep(manager, state: TrainState, meta: dict) -> TrainState:
     """The workdir's latest checkpoint when it has one (a resumed run), else `state`."""
     if manager.latest_step() is None:
         return state
     restored, saved = checkpoints.restore(manager, like=serialization.to_state_dict(state))
-    for key in RESUME_KEYS:
+    for key in checkpoints.RESUME_KEYS:
         if saved.get(key) != meta[key]:
             raise ValueError(
                 f"the workdir's checkpoint is of {key}={saved.get(key)!r}, this config has "
@@ -185,7 +170,7 @@ def gather(array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
-def evaluate(p_eval_step, state: TrainState, dataset, config, shardings: Shardings):
+def evaluate(p_eval_step, state: TrainState, dataset: data_lib.Dataset, config, shardings):
     """Mean loss/top-1/top-5 over the evaluation split (the EMA weights when kept), and every
     example's label and prediction for the report."""
     params, batch_stats = state.params, state.batch_stats
@@ -284,7 +269,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     model = create_model(config, dataset.num_classes, len(devices))
     variables = initial_variables(config, model, dataset.image_shape, dataset.num_classes)
     state = create_train_state(config, model, variables, steps_per_epoch)
-    meta = checkpoint_meta(config, dataset)
+    meta = checkpoints.describe(config.model, config.dataset, dataset.class_names,
+                                dataset.image_shape)  # fmt: skip
     manager = checkpoints.manager(workdir, max_to_keep=config.keep_checkpoints)
     # Replicated first: a restore takes the shardings of the state it is given.
     state = restore_or_keep(manager, jax.device_put(state, shardings.replicated), meta)
@@ -330,9 +316,11 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
                         f"epoch {-(-done // steps_per_epoch)}/{config.num_epochs} step {done}: "
                         + " ".join(f"eval_{k} {v:.4f}" for k, v in eval_metrics.items())
                     )
-                timer.resume()
+                if done < stop_at:
+                    timer.resume()
 
-    summary = final_report(config, state, dataset, p_eval_step, shardings, workdir, writer)
+    summary = final_report(config, state, dataset, p_eval_step, shardings, workdir, writer,
+                           is_chief)  # fmt: skip
     steps = int(jax.device_get(state.step))
     summary.update(steps=steps, epochs=steps / steps_per_epoch,
                    images_per_sec=timer.images_per_sec(), wall_s=time.perf_counter() - start_time,
@@ -343,7 +331,9 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     return summary
 
 
-def final_report(config, state, dataset, p_eval_step, shardings, workdir: Path, writer) -> dict:
+def final_report(
+    config, state, dataset, p_eval_step, shardings, workdir: Path, writer, is_chief: bool
+) -> dict:
     """The last evaluation with its per-class report (confusion_matrix.json and .png), the list
     of skipped files, and the summary's accuracy fields."""
     eval_metrics, labels, predictions = evaluate(p_eval_step, state, dataset, config, shardings)
@@ -357,7 +347,7 @@ def final_report(config, state, dataset, p_eval_step, shardings, workdir: Path, 
         listing = workdir / f"skipped_files.{jax.process_index()}.txt"
         listing.write_text("".join(f"{p}\t{why}\n" for p, why in sorted(dataset.skipped.items())))
         print(f"skipped {len(dataset.skipped)} unreadable or non-image files, listed in {listing}")
-    if jax.process_index() == 0:
+    if is_chief:
         (workdir / "confusion_matrix.json").write_text(json.dumps(report, indent=2) + "\n")
         metrics_lib.plot_confusion_matrix(report, workdir / "confusion_matrix.png")
     return summary

@@ -1,5 +1,5 @@
 """`jaxnets eval` (against torchvision on the same batches) and `jaxnets parity train` (the same
-SGD run in both frameworks), at small sizes; the 50-step runs are in the README."""
+SGD run in both frameworks), at small sizes; the 50-step runs are in docs/parity.md."""
 
 import json
 

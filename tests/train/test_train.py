@@ -387,3 +387,24 @@ def test_a_model_with_dropout_trains_on_the_mesh(tmp_path):
     config = tiny_config(model="alexnet", image_size=64, batch_size=4, max_steps=2, dropout=0.5)
     summary = train_and_evaluate(config, tmp_path)
     assert summary["steps"] == 2 and np.isfinite(summary["loss"])
+
+
+def test_the_throughput_timer_counts_steps_only():
+    """The first step (compilation) is not counted, and nothing between pause and resume is:
+    the summary's images/sec is the steps' alone, evaluation and reports left out."""
+    import time
+
+    from train.metrics import ThroughputTimer
+
+    timer, state = ThroughputTimer(), jnp.zeros(())
+    timer.stepped(state, 16)  # compiled: waited for, not counted
+    timer.stepped(state, 16)
+    timer.stepped(state, 16)
+    timer.pause(state)
+    assert timer.images == 32 and timer.seconds > 0
+    rate = timer.images_per_sec()
+    time.sleep(0.05)  # an evaluation
+    assert timer.images_per_sec() == rate
+    timer.resume()
+    time.sleep(0.05)
+    assert timer.images_per_sec() < rate  # running again: time passes, no images

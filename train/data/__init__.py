@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from train.data.arrays import InMemoryDataset, load_digits, padded_batches
+from train.data.arrays import InMemoryDataset, load_digits
 from train.data.shard import SINGLE_PROCESS, ProcessShard
 
 __all__ = [
@@ -34,7 +34,6 @@ __all__ = [
     "load_digits",
     "load_eval_dataset",
     "normalize_on_host",
-    "padded_batches",
 ]
 
 
@@ -86,7 +85,7 @@ class Dataset(Protocol):
 def normalize_on_host(images: np.ndarray, dataset, dtype=np.float32) -> np.ndarray:
     """A dataset's batch as normalized floats on the host: what `jaxnets eval` and `parity`
     feed, identically, to both frameworks (tf.data sources deliver uint8; digits arrive
-    normalized). Training normalizes on the device instead (train.train.normalize)."""
+    normalized). Training normalizes on the device instead (train.steps.normalize)."""
     if dataset.mean is None:
         return images.astype(dtype)
     mean = np.asarray(dataset.mean, np.float32) * 255

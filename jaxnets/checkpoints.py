@@ -11,7 +11,16 @@ The training program writes and resumes through `describe`, `save` and `restore`
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
+import logging
 import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +97,129 @@ def restore(checkpoints, like: dict | None = None, step: int | None = None) -> t
         step, args=ocp.args.Composite(**{STATE_ITEM: state_args, META_ITEM: ocp.args.JsonRestore()})
     )
     return restored[STATE_ITEM], restored[META_ITEM]
+
+
+class NoGoodCheckpoint(ValueError):
+    """Every checkpoint of a workdir failed to read back; the message says what was found."""
+
+
+def restore_newest_good(
+    checkpoints, like: dict, check_meta: Callable[[dict], None], report: Callable[[str], None]
+) -> tuple[dict, dict] | None:
+    """(state dict, meta) of the newest checkpoint that reads back whole, or None when there
+    is none. A damaged one (its description or any array unreadable) is reported in one line
+    naming the step and the error, moved aside to STEP.corrupt-TIME (never deleted), and the
+    next older one is tried.
+
+    check_meta: called with each checkpoint's description before its arrays are read; a
+      ValueError it raises (a run of another model or dataset) passes through, and the
+      checkpoint stays put.
+
+    Raises:
+      NoGoodCheckpoint: checkpoints exist and none of them reads back.
+    """
+    import orbax.checkpoint as ocp
+
+    moved = []
+    for step in sorted(checkpoints.all_steps(), reverse=True):
+        meta_only = ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()})
+        with tempfile.TemporaryDirectory() as scratch:
+            log = os.path.join(scratch, "restore-errors.log")
+            read_meta = functools.partial(checkpoints.restore, step, args=meta_only)
+            meta, error = _try_read(read_meta, log)
+            if error is None:
+                check_meta(meta[META_ITEM])
+                found, error = _try_read(functools.partial(restore, checkpoints, like, step), log)
+                if error is None:
+                    return found
+            moved.append(_move_aside(checkpoints, step, error, log, report))
+    if moved:
+        raise NoGoodCheckpoint(
+            f"{checkpoints.directory}: none of its {len(moved)} checkpoints reads back (moved "
+            f"aside: {', '.join(moved)}); start afresh with a new --workdir"
+        )
+    return None
+
+
+def _try_read(read: Callable[[], Any], log: str) -> tuple[Any, Exception | None]:
+    """(read(), None), or (None, the error). A failed read leaves orbax's background tasks to
+    report the same error dozens of times on stderr, some after the read has returned: stderr
+    goes to `log` meanwhile, which is kept beside a damaged checkpoint."""
+    with _stderr_to(log):
+        try:
+            return read(), None
+        except Exception as e:
+            _drop_orbax_leftovers()
+            gc.collect()  # "Task exception was never retrieved" is logged when a task is freed
+            time.sleep(0.5)  # and the threads still reading report into the log, not the user
+            return None, e
+
+
+def _not_an_orbax_leftover(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not ("never retrieved" in message and "orbax" in message)
+
+
+def _drop_orbax_leftovers() -> None:
+    """After a failed read, orbax's unfinished read tasks are freed later, each printing the
+    error again ("Exception ignored in: <coroutine ...>", asyncio's "Task exception was never
+    retrieved"): those alone are dropped, the one-line report has said it."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_jaxnets", False):
+        return
+    logging.getLogger("asyncio").addFilter(_not_an_orbax_leftover)
+
+    def hook(unraisable) -> None:
+        code = getattr(unraisable.object, "cr_code", None)
+        if code is not None and "orbax" in code.co_filename:
+            return
+        previous(unraisable)
+
+    hook._jaxnets = True
+    sys.unraisablehook = hook
+
+
+def _move_aside(checkpoints, step: int, error: Exception, log: str, report) -> str:
+    """Renames checkpoint `step` to STEP.corrupt-TIME, which orbax no longer lists, with the
+    read's full error output in it (restore-errors.log)."""
+    import jax
+
+    source = Path(checkpoints.directory) / str(step)
+    target = source.with_name(f"{step}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    if jax.process_index() == 0:  # one process renames; every process stops listing it
+        os.replace(source, target)
+        shutil.copyfile(log, target / "restore-errors.log")
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"jaxnets: checkpoint {step} moved aside")
+    checkpoints.reload()
+    report(f"checkpoint {step} is damaged ({_root_cause(error)}); moved to {target.name}, "
+           "trying the one before")  # fmt: skip
+    return target.name
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost error's first line: TensorStore's names the file and the array."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
+
+
+@contextlib.contextmanager
+def _stderr_to(path: str):
+    """Sends file descriptor 2 (Python's, C++'s and other threads' stderr) to `path`."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def load_weights(workdir: os.PathLike | str) -> tuple[dict, dict[str, Any]]:

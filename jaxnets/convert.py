@@ -77,6 +77,11 @@ def load_state_dict(source: Mapping[str, Any] | PathLike) -> dict[str, np.ndarra
     else:
         path = Path(source)
         label = str(path)
+        if path.is_dir():
+            raise ConversionError(
+                f"{path}: a directory, not a weights file (an export or a training workdir is "
+                "read with `jaxnets convert --from-jax` or jaxnets.export.load_variables)"
+            )
         if not path.is_file():
             raise FileNotFoundError(f"weights file not found: {path}")
         suffix = path.suffix.lower()
@@ -422,6 +427,13 @@ def from_torchvision(
             mismatched.append(f"{torch_key}: expected {expected}, found {tuple(array.shape)}")
             mismatched_keys.add(flat_key)
             continue
+        if not np.issubdtype(array.dtype, np.floating):
+            # Floats of another width are cast (float16 widens exactly, float64 rounds as
+            # torch's .float() does); integers or booleans mean these are not such weights.
+            raise ConversionError(
+                f"{name}: {torch_key} holds {array.dtype} values where the model has float "
+                "weights; integer and boolean tensors are never cast"
+            )
         filled[flat_key] = value.astype(target.dtype)
 
     missing_keys = [k for k in targets if k not in filled and k not in mismatched_keys]

@@ -42,6 +42,7 @@ def save_export(directory: os.PathLike | str, variables: dict, meta: dict[str, A
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would outlive the rename
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(staging / VARIABLES_DIR, variables)
             checkpointer.wait_until_finished()
@@ -53,6 +54,12 @@ def save_export(directory: os.PathLike | str, variables: dict, meta: dict[str, A
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def is_export(directory: os.PathLike | str) -> bool:

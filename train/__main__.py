@@ -34,7 +34,7 @@ def main(argv):
     except TrainingInterrupted as e:
         print(f"train: {e}", file=sys.stderr)
         return 143
-    except (ValueError, FileNotFoundError, NonFiniteLoss) as e:
+    except (ValueError, OSError, NonFiniteLoss) as e:  # OSError: an unwritable workdir, a full disk
         print(f"train: error: {e}", file=sys.stderr)
         return 2
     import jax
@@ -49,15 +49,54 @@ def main(argv):
     return 0
 
 
+def check_config_file(argv: list[str]) -> None:
+    """Fails in one line, before flag parsing, for a --config file that is missing, is not
+    Python, or has no get_config()."""
+    import importlib.util
+    from pathlib import Path
+
+    values = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    values += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    for value in values:
+        path = Path(value.split(":", 1)[0])  # config_flags allows FILE:ARGUMENT
+        if not path.is_file():
+            raise ValueError(f"--config {value}: no such file")
+        try:
+            compile(path.read_bytes(), str(path), "exec")
+        except (SyntaxError, ValueError) as e:
+            raise ValueError(f"--config {value}: not a Python config file ({e})") from None
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if not callable(getattr(module, "get_config", None)):
+            raise ValueError(f"--config {value}: defines no get_config()")
+
+
 def run():
-    """Entry point that turns flag-parsing errors (unknown key, bad value) into one line."""
+    """Entry point that turns config-file and flag-parsing errors (unknown key, bad value) into
+    one line."""
     try:
+        check_config_file(sys.argv[1:])
         app.run(main)
     except SystemExit:
         raise
     except (AttributeError, KeyError, ValueError, TypeError, flags.Error) as e:
-        print(f"train: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"train: error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)
+
+
+def _one_line(error: Exception) -> str:
+    """The error's message on one line. An unknown config key arrives as the repr() of a
+    two-line KeyError message ("'key'\\nDid you mean ...?"): that one is unquoted and joined."""
+    import ast
+
+    text = str(error).strip()
+    if text[:1] in ("'", '"'):
+        try:
+            return " ".join(str(ast.literal_eval(text)).split("\n"))
+        except (ValueError, SyntaxError):
+            pass
+    return (text.splitlines() or [type(error).__name__])[0]
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -92,18 +93,25 @@ def load_data(config) -> tuple[data_lib.Dataset, int, int]:
     return dataset, steps_per_epoch, min(config.max_steps or total_steps, total_steps)
 
 
-def restore_or_keep(manager, state: TrainState, meta: dict) -> TrainState:
-    """The workdir's latest checkpoint when it has one (a resumed run), else `state`."""
-    if manager.latest_step() is None:
-        return state
-    restored, saved = checkpoints.restore(manager, like=serialization.to_state_dict(state))
-    for key in checkpoints.RESUME_KEYS:
-        if saved.get(key) != meta[key]:
-            raise ValueError(
-                f"the workdir's checkpoint is of {key}={saved.get(key)!r}, this config has "
-                f"{meta[key]!r}: use a new --workdir"
-            )
-    return serialization.from_state_dict(state, restored)
+def restore_or_keep(manager, state: TrainState, meta: dict, is_chief: bool) -> TrainState:
+    """The workdir's newest readable checkpoint when it has one (a resumed run), else `state`.
+    Damaged newer checkpoints are moved aside, each in one line (jaxnets/checkpoints.py)."""
+
+    def check_meta(saved: dict) -> None:
+        for key in checkpoints.RESUME_KEYS:
+            if saved.get(key) != meta[key]:
+                raise ValueError(
+                    f"the workdir's checkpoint is of {key}={saved.get(key)!r}, this config has "
+                    f"{meta[key]!r}: use a new --workdir"
+                )
+
+    def report(line: str) -> None:
+        if is_chief:  # one copy of each line
+            print(f"train: {line}", file=sys.stderr)
+
+    like = serialization.to_state_dict(state)
+    found = checkpoints.restore_newest_good(manager, like, check_meta, report)
+    return state if found is None else serialization.from_state_dict(state, found[0])
 
 
 def save_checkpoint(manager, state: TrainState, meta: dict) -> None:
@@ -273,7 +281,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
                                 dataset.image_shape)  # fmt: skip
     manager = checkpoints.manager(workdir, max_to_keep=config.keep_checkpoints)
     # Replicated first: a restore takes the shardings of the state it is given.
-    state = restore_or_keep(manager, jax.device_put(state, shardings.replicated), meta)
+    state = restore_or_keep(manager, jax.device_put(state, shardings.replicated), meta,
+                            is_chief)  # fmt: skip
     first_step = int(jax.device_get(state.step))
     if first_step and is_chief:
         print(f"resumed from {checkpoints.checkpoint_dir(workdir)} at step {first_step}")

@@ -4,6 +4,8 @@
 import argparse
 import hashlib
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -95,6 +97,30 @@ def test_weights_of_another_architecture_are_named():
     assert "they look like resnet50 weights" in message
     assert "layer1.0.conv1.weight: expected (64, 64, 3, 3), found (64, 64, 1, 1)" in message
     assert len(error.value.unexpected) == 85
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool, torch.int64])
+def test_integer_or_boolean_weights_are_refused_naming_the_key(resnet18_state, dtype):
+    state = dict(resnet18_state)
+    state["conv1.weight"] = state["conv1.weight"].to(dtype)
+    message = r"resnet18: conv1.weight holds (int8|bool|int64) values where the model has float"
+    with pytest.raises(ConversionError, match=message):
+        from_torchvision("resnet18", state)
+
+
+def test_floats_of_another_width_are_cast(resnet18_state):
+    """float16 widens to float32 exactly; float64 rounds as torch's .float() does."""
+    half = {k: v.half() if v.is_floating_point() else v for k, v in resnet18_state.items()}
+    double = {k: v.double() if v.is_floating_point() else v for k, v in resnet18_state.items()}
+    from_half = from_torchvision("resnet18", half)
+    np.testing.assert_array_equal(
+        from_half["params"]["conv1"]["kernel"],
+        np.transpose(half["conv1.weight"].float().numpy(), (2, 3, 1, 0)),
+    )
+    from_double = from_torchvision("resnet18", double)
+    np.testing.assert_array_equal(
+        from_double["params"]["fc"]["kernel"], resnet18_state["fc.weight"].numpy().T
+    )
 
 
 def test_missing_unexpected_and_mismatched_keys(resnet18_state):
@@ -266,6 +292,12 @@ def test_convert_command_both_ways(tmp_path, capsys, resnet18_state):
     assert code == 0 and "10 classes, 11,181,642 parameters" in out
     meta = json.loads((tmp_path / "export" / "jaxnets.json").read_text())
     assert meta["arch"] == "resnet18" and meta["num_classes"] == 10
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "export").stat().st_mode) == 0o777 & ~umask  # not 0700
+    code, _, err = run_cli(capsys, "convert", "resnet18", "--weights", str(tmp_path / "export"),
+                           "--out", str(tmp_path / "x"))  # fmt: skip
+    assert code == 2 and "export: a directory, not a weights file" in err
     for suffix in ["pth", "safetensors"]:
         out_file = tmp_path / f"back.{suffix}"
         code, _, _ = run_cli(

@@ -65,9 +65,11 @@ def with_xla_flag(flag: str) -> str:
     return f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
 
 
-def run_train(*args, env=None):
+def run_train(*args, env=None, config=REPO / "configs" / "digits.py"):
+    """`python -m train --config CONFIG ARGS` (config=None: ARGS name it)."""
+    config_args = [] if config is None else ["--config", str(config)]
     return subprocess.run(
-        [sys.executable, "-m", "train", "--config", str(REPO / "configs" / "digits.py"), *args],
+        [sys.executable, "-m", "train", *config_args, *args],
         capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})},
     )  # fmt: skip
 
@@ -408,3 +410,97 @@ def test_the_throughput_timer_counts_steps_only():
     timer.resume()
     time.sleep(0.05)
     assert timer.images_per_sec() < rate  # running again: time passes, no images
+
+
+def _damage(checkpoint: Path, how: str) -> None:
+    """Damages one checkpoint directory the way a crash, a full disk or bit rot would."""
+    data = max((f for f in (checkpoint / "state").rglob("*") if f.is_file()),
+               key=lambda f: f.stat().st_size)  # fmt: skip
+    if how == "truncate":
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    elif how == "delete":
+        data.unlink()
+    elif how == "garble":
+        raw = bytearray(data.read_bytes())
+        raw[len(raw) // 3 : len(raw) // 3 + 64] = bytes(64)
+        data.write_bytes(bytes(raw))
+    else:  # the description
+        for f in (checkpoint / "meta").rglob("*"):
+            if f.is_file():
+                f.write_text("{not json")
+
+
+@pytest.mark.slow  # seven short training runs
+def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_run_resumes(tmp_path, capfd):
+    import shutil
+
+    from train.train import train_and_evaluate
+
+    config = lambda steps: tiny_config(max_steps=steps, learning_rate=0.01,
+                                       checkpoint_every_steps=2)  # fmt: skip
+    train_and_evaluate(config(8), tmp_path / "uninterrupted")
+    train_and_evaluate(config(6), tmp_path / "run")  # checkpoints 2, 4 and 6
+    for how in ("truncate", "delete", "garble", "meta"):
+        workdir = tmp_path / how
+        shutil.copytree(tmp_path / "run", workdir)
+        _damage(workdir / "checkpoints" / "6", how)
+        capfd.readouterr()
+        summary = train_and_evaluate(config(8), workdir)
+        err = capfd.readouterr().err
+        assert "train: checkpoint 6 is damaged (" in err, (how, err)
+        assert err.count("\n") == 1, err  # one line, no traceback
+        (moved,) = (workdir / "checkpoints").glob("6.corrupt-*")  # kept, not deleted
+        assert (moved / "state").is_dir()
+        assert (moved / "restore-errors.log").is_file()  # orbax's full report, off the terminal
+        assert summary["steps"] == 8
+        # Resumed from step 4, it ends where the uninterrupted run did, bit for bit.
+        step, params = final_params(workdir)
+        assert step == 8
+        jax.tree.map(np.testing.assert_array_equal, params,
+                     final_params(tmp_path / "uninterrupted")[1])  # fmt: skip
+
+    # Every checkpoint damaged: one line saying so, all of them kept.
+    workdir = tmp_path / "all"
+    shutil.copytree(tmp_path / "run", workdir)
+    for step in (2, 4, 6):
+        _damage(workdir / "checkpoints" / str(step), "truncate")
+    with pytest.raises(ValueError, match=r"none of its 3 checkpoints reads back .*new --workdir"):
+        train_and_evaluate(config(8), workdir)
+    assert len(list((workdir / "checkpoints").glob("*.corrupt-*"))) == 3
+
+
+@pytest.mark.slow  # two training runs
+def test_a_workdir_of_another_model_is_refused_and_left_as_it_is(tmp_path):
+    from train.train import train_and_evaluate
+
+    train_and_evaluate(tiny_config(max_steps=2), tmp_path)
+    with pytest.raises(ValueError, match=r"checkpoint is of model='resnet18', this config has "
+                                         r"'lenet5': use a new --workdir"):  # fmt: skip
+        train_and_evaluate(tiny_config(max_steps=4, model="lenet5", image_size=32), tmp_path)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["2"]
+
+
+@pytest.mark.slow  # five subprocesses
+def test_config_file_errors_are_one_line(tmp_path):
+    no_getter = tmp_path / "no_getter.py"
+    no_getter.write_text("x = 1\n")
+    cases = {
+        "configs/no_such_config.py": "--config configs/no_such_config.py: no such file",
+        "Makefile": "--config Makefile: not a Python config file (",
+        str(no_getter): f"--config {no_getter}: defines no get_config()",
+    }
+    for config, message in cases.items():
+        result = run_train("--config", config, "--workdir", str(tmp_path / "w"), config=None)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    result = run_train("--workdir", str(tmp_path / "w"), "--config.batch_sise=3")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        'train: error: \'batch_sise\' Did you mean "batch_size" instead of "batch_sise"?'
+    )
+    assert not (tmp_path / "w").exists()
+    # A workdir that cannot be created (here: below a file; a read-only parent is the same path).
+    (tmp_path / "file").write_text("")
+    result = run_train("--workdir", str(tmp_path / "file" / "w"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"{tmp_path / 'file'}" in result.stderr

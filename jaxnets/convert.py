@@ -129,11 +129,17 @@ def _read_torch(path: Path) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        # torch < 2.5: "Unsupported global: GLOBAL x.y"; later: "unsupported GLOBAL x.y whose..."
+        unsafe = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", str(e))
+        if unsafe and unsafe.group(1).startswith("torch."):
+            raise ConversionError(
+                f"{path}: holds a pickled {unsafe.group(1)}, not a state_dict; save the "
+                "model's state_dict() instead"
+            ) from e
         if unsafe:
             raise ConversionError(
-                f"{path}: holds a pickled {unsafe.group(1)}, which weights_only=True refuses to "
-                "load; save the model's state_dict() instead"
+                f"{path}: holds pickled code ({unsafe.group(1)}) that jaxnets refuses to run; "
+                "only tensors are loaded"
             ) from e
         raise ConversionError(f"{path}: not a readable PyTorch file (corrupt pickle)") from e
     except Exception as e:

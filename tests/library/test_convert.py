@@ -345,3 +345,17 @@ def test_console_script_is_installed():
     )
     assert "resnet50           IMAGENET1K_V1 IMAGENET1K_V2" in result.stdout
     assert len(result.stdout.splitlines()) == len(jaxnets.list_models())
+
+
+def test_a_file_that_holds_code_is_refused_and_the_code_never_runs(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"conv1.weight": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(ConversionError, match=r"holds pickled code \(posix.system\) that jaxnets "
+                                              r"refuses to run"):  # fmt: skip
+        from_torchvision("resnet18", tmp_path / "evil.pth")
+    assert not marker.exists()

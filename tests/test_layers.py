@@ -63,6 +63,7 @@ def run_without_extras(code: str, *args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.slow  # a subprocess
 def test_the_library_works_without_the_extras(tmp_path):
     done = run_without_extras(
         """
@@ -98,6 +99,7 @@ def test_the_library_works_without_the_extras(tmp_path):
     assert "needs the [torch] extra" in done.stdout
 
 
+@pytest.mark.slow  # subprocesses
 @pytest.mark.parametrize(
     "command, extra",
     [
@@ -116,6 +118,7 @@ def test_a_command_whose_extra_is_missing_says_which_to_install(command, extra):
     assert f"pip install 'jaxnets[{extra}]'" in done.stderr
 
 
+@pytest.mark.slow  # a subprocess
 def test_the_training_program_without_its_extra_says_which_to_install():
     done = run_without_extras(
         "import runpy\nsys.argv[0] = 'train'\nrunpy.run_module('train', run_name='__main__')",

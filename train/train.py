@@ -114,8 +114,13 @@ def restore_or_keep(manager, state: TrainState, meta: dict, is_chief: bool) -> T
     return state if found is None else serialization.from_state_dict(state, found[0])
 
 
+def current_step(state: TrainState) -> int:
+    """The state's step on the host (a sync: never inside the step loop)."""
+    return int(jax.device_get(state.step))
+
+
 def save_checkpoint(manager, state: TrainState, meta: dict) -> None:
-    step = int(jax.device_get(state.step))
+    step = current_step(state)
     checkpoints.save(manager, step, serialization.to_state_dict(state), meta)
 
 
@@ -283,7 +288,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     # Replicated first: a restore takes the shardings of the state it is given.
     state = restore_or_keep(manager, jax.device_put(state, shardings.replicated), meta,
                             is_chief)  # fmt: skip
-    first_step = int(jax.device_get(state.step))
+    first_step = current_step(state)
     if first_step and is_chief:
         print(f"resumed from {checkpoints.checkpoint_dir(workdir)} at step {first_step}")
     schedule = learning_rate_schedule(config, steps_per_epoch)
@@ -330,7 +335,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
 
     summary = final_report(config, state, dataset, p_eval_step, shardings, workdir, writer,
                            is_chief)  # fmt: skip
-    steps = int(jax.device_get(state.step))
+    steps = current_step(state)
     summary.update(steps=steps, epochs=steps / steps_per_epoch,
                    images_per_sec=timer.images_per_sec(), wall_s=time.perf_counter() - start_time,
                    devices=len(devices), processes=jax.process_count())  # fmt: skip
@@ -349,7 +354,7 @@ def final_report(
     report = metrics_lib.classification_report(labels, predictions, dataset.class_names)
     summary = {"model": config.model, "dataset": config.dataset, **eval_metrics,
                "macro_f1": report["macro_f1"], "skipped_files": len(dataset.skipped)}  # fmt: skip
-    step = int(jax.device_get(state.step))
+    step = current_step(state)
     writer.write(step, "final", {k: summary[k] for k in ("top1", "top5", "loss", "macro_f1")})
     writer.close()
     if dataset.skipped:  # each process lists the files of its own shard

@@ -88,14 +88,12 @@ def test_command_line_errors(tmp_path):
 def final_params(workdir, step=None):
     """The params of checkpoint `step` (default: the latest), on this process's first device
     whatever devices the run that wrote it had."""
-    import orbax.checkpoint as ocp
+    from jaxnets import checkpoints
 
-    fallback = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    with ocp.CheckpointManager(Path(workdir) / "checkpoints") as manager:
+    with checkpoints.manager(workdir, read_only=True) as manager:
         step = manager.latest_step() if step is None else step
-        restore = ocp.args.StandardRestore(None, fallback_sharding=fallback)
-        restored = manager.restore(step, args=ocp.args.Composite(state=restore))
-    return step, restored["state"]["params"]
+        state, _ = checkpoints.restore(manager, step=step)
+    return step, state["params"]
 
 
 @pytest.mark.slow  # three training runs

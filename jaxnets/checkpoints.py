@@ -11,26 +11,29 @@ The training program writes and resumes through `describe`, `save` and `restore`
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 
+from jaxnets import stderr
+
 CHECKPOINT_DIR = "checkpoints"
 STATE_ITEM = "state"
 META_ITEM = "meta"
 # What a resumed run must agree on with the checkpoint it resumes.
-RESUME_KEYS = ("model", "num_classes", "dataset")
+RESUME_KEYS = ("model", "num_classes", "dataset", "image_shape")
 
 
 def describe(model: str, dataset: str, class_names: list[str], image_shape) -> dict[str, Any]:
@@ -56,8 +59,11 @@ def manager(workdir: os.PathLike | str, *, max_to_keep: int | None = None, read_
     """An orbax CheckpointManager over WORKDIR/checkpoints (created unless read_only)."""
     import orbax.checkpoint as ocp
 
+    # cleanup_tmp_directories: a save cut short (a crash, a kill) leaves STEP.orbax-checkpoint-tmp*,
+    # never listed as a checkpoint: removed when a run starts.
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+        save_interval_steps=0 if read_only else 1, cleanup_tmp_directories=not read_only,
         enable_async_checkpointing=False,
     )  # fmt: skip
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
@@ -65,18 +71,30 @@ def manager(workdir: os.PathLike | str, *, max_to_keep: int | None = None, read_
 
 def save(checkpoints, step: int, state: dict, meta: dict[str, Any]) -> None:
     """Writes the train state (a state dict) and its description as checkpoint `step`, unless
-    that step is already saved."""
+    that step is already saved.
+
+    Raises:
+      OSError: in one line naming the directory and the cause (a full disk); the partial
+        checkpoint is removed.
+    """
     import orbax.checkpoint as ocp
 
     if step in checkpoints.all_steps():
         return
-    checkpoints.save(
-        step,
-        args=ocp.args.Composite(**{
-            STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave(meta)
-        }),
-    )  # fmt: skip
-    checkpoints.wait_until_finished()
+    items = ocp.args.Composite(**{
+        STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave(meta)
+    })  # fmt: skip
+
+    def write():
+        checkpoints.save(step, args=items)
+        checkpoints.wait_until_finished()
+
+    try:
+        write_or_explain(write, f"checkpoint {step} in {checkpoints.directory}")
+    except OSError as e:  # orbax writes into STEP.orbax-checkpoint-tmp*, renamed when complete
+        for partial in Path(checkpoints.directory).glob(f"{step}.orbax-checkpoint-tmp*"):
+            shutil.rmtree(partial, ignore_errors=True)
+        raise OSError(f"{e}; the partial checkpoint was removed") from e
 
 
 def restore(checkpoints, like: dict | None = None, step: int | None = None) -> tuple[dict, dict]:
@@ -126,10 +144,10 @@ def restore_newest_good(
         with tempfile.TemporaryDirectory() as scratch:
             log = os.path.join(scratch, "restore-errors.log")
             read_meta = functools.partial(checkpoints.restore, step, args=meta_only)
-            meta, error = _try_read(read_meta, log)
+            meta, error = _quietly(read_meta, log)
             if error is None:
                 check_meta(meta[META_ITEM])
-                found, error = _try_read(functools.partial(restore, checkpoints, like, step), log)
+                found, error = _quietly(functools.partial(restore, checkpoints, like, step), log)
                 if error is None:
                     return found
             moved.append(_move_aside(checkpoints, step, error, log, report))
@@ -141,13 +159,13 @@ def restore_newest_good(
     return None
 
 
-def _try_read(read: Callable[[], Any], log: str) -> tuple[Any, Exception | None]:
-    """(read(), None), or (None, the error). A failed read leaves orbax's background tasks to
-    report the same error dozens of times on stderr, some after the read has returned: stderr
-    goes to `log` meanwhile, which is kept beside a damaged checkpoint."""
-    with _stderr_to(log):
+def _quietly(run: Callable[[], Any], log: str) -> tuple[Any, Exception | None]:
+    """(run(), None), or (None, the error). A failed read or write leaves orbax's background
+    tasks to report the same error dozens of times on stderr, some after it has returned:
+    stderr goes to `log` meanwhile (kept beside a damaged checkpoint)."""
+    with stderr.redirected(log):
         try:
-            return read(), None
+            return run(), None
         except Exception as e:
             _drop_orbax_leftovers()
             gc.collect()  # "Task exception was never retrieved" is logged when a task is freed
@@ -155,23 +173,55 @@ def _try_read(read: Callable[[], Any], log: str) -> tuple[Any, Exception | None]
             return None, e
 
 
+def read_or_explain(read: Callable[[], Any], what: str) -> Any:
+    """read(), or a ValueError of one line, "WHAT: unreadable (ROOT CAUSE)", with orbax's and
+    TensorStore's own output of the failure kept off the terminal."""
+    with tempfile.TemporaryDirectory() as scratch:
+        found, error = _quietly(read, os.path.join(scratch, "errors.log"))
+    if error is not None:
+        raise ValueError(f"{what}: unreadable ({_root_cause(error)})") from error
+    return found
+
+
+def write_or_explain(write: Callable[[], Any], what: str) -> None:
+    """write(), or an OSError of one line, "cannot write WHAT (CAUSE)" (a full disk: "No space
+    left on device"), with orbax's and TensorStore's reports of it kept off the terminal.
+    The caller removes what was half-written."""
+    _, error = _quietly(write, os.devnull)  # a full disk may have no room for a log either
+    if error is not None:
+        raise OSError(f"cannot write {what} ({_write_cause(error)})") from error
+
+
+def _write_cause(error: BaseException) -> str:
+    """TensorStore reports a failed write as ValueError: OUT_OF_RANGE ... [os_error_code='28']:
+    the OS's own words are clearer."""
+    code = re.search(r"os_error_code='(\d+)'", str(_innermost(error)))
+    return os.strerror(int(code.group(1))) if code else _root_cause(error)
+
+
 def _not_an_orbax_leftover(record: logging.LogRecord) -> bool:
-    message = record.getMessage()
-    return not ("never retrieved" in message and "orbax" in message)
+    """asyncio's "Task/Future exception was never retrieved": once orbax has failed, its tasks
+    and TensorStore's futures (which do not name orbax) repeat the error reported."""
+    return "exception was never retrieved" not in record.getMessage()
 
 
 def _drop_orbax_leftovers() -> None:
-    """After a failed read, orbax's unfinished read tasks are freed later, each printing the
+    """After a failed read or write, orbax's unfinished tasks are freed later, each printing the
     error again ("Exception ignored in: <coroutine ...>", asyncio's "Task exception was never
-    retrieved"): those alone are dropped, the one-line report has said it."""
+    retrieved"), and its threads still reading find their event loop closed: those alone are
+    dropped, the one-line report has said it."""
     previous = sys.unraisablehook
     if getattr(previous, "_jaxnets", False):
         return
     logging.getLogger("asyncio").addFilter(_not_an_orbax_leftover)
+    # A failed write leaves orbax's coroutines unawaited, each warned of at exit.
+    warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
 
     def hook(unraisable) -> None:
         code = getattr(unraisable.object, "cr_code", None)
         if code is not None and "orbax" in code.co_filename:
+            return
+        if str(unraisable.exc_value) == "Event loop is closed":  # its reading threads, late
             return
         previous(unraisable)
 
@@ -199,27 +249,17 @@ def _move_aside(checkpoints, step: int, error: Exception, log: str, report) -> s
     return target.name
 
 
-def _root_cause(error: BaseException) -> str:
-    """The innermost error's first line: TensorStore's names the file and the array."""
+def _innermost(error: BaseException) -> BaseException:
     while error.__cause__ is not None:
         error = error.__cause__
+    return error
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost error's first line: TensorStore's names the file and the array."""
+    error = _innermost(error)
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
-
-
-@contextlib.contextmanager
-def _stderr_to(path: str):
-    """Sends file descriptor 2 (Python's, C++'s and other threads' stderr) to `path`."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "a") as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def load_weights(workdir: os.PathLike | str) -> tuple[dict, dict[str, Any]]:
@@ -230,19 +270,15 @@ def load_weights(workdir: os.PathLike | str) -> tuple[dict, dict[str, Any]]:
       (variables, meta): meta has "arch", "num_classes", "class_names", "step" and "ema".
 
     Raises:
-      FileNotFoundError: no checkpoint. ValueError: an unreadable one; both name the directory.
+      FileNotFoundError: no checkpoint. ValueError: an unreadable one, in one line naming it.
     """
     directory = checkpoint_dir(workdir)
-    try:
-        with manager(workdir, read_only=True) as checkpoints:
-            step = checkpoints.latest_step()
-            if step is None:
-                raise FileNotFoundError(f"{directory}: no checkpoint")
-            state, saved = restore(checkpoints, step=step)
-    except FileNotFoundError:
-        raise
-    except Exception as e:
-        raise ValueError(f"{directory}: unreadable checkpoint ({type(e).__name__}: {e})") from e
+    with manager(workdir, read_only=True) as checkpoints:
+        step = checkpoints.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{directory}: no checkpoint")
+        read = functools.partial(restore, checkpoints, step=step)
+        state, saved = read_or_explain(read, f"{directory}/{step}")
     use_ema = bool(state.get("ema_params"))
     variables = {
         "params": state["ema_params"] if use_ema else state["params"],

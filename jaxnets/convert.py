@@ -22,6 +22,7 @@ import functools
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,8 @@ def load_state_dict(source: Mapping[str, Any] | PathLike) -> dict[str, np.ndarra
             )
         if not path.is_file():
             raise FileNotFoundError(f"weights file not found: {path}")
+        if not os.access(path, os.R_OK):
+            raise ConversionError(f"{path}: no permission to read this file")
         suffix = path.suffix.lower()
         if suffix == ".safetensors":
             obj = _read_safetensors(path)
@@ -126,12 +129,15 @@ def _read_torch(path: Path) -> Any:
     # torchvision's reference scripts store their argparse.Namespace beside the weights; it is
     # plain data, so allow it. Everything else stays refused by weights_only.
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            # "Detected pickle protocol 4 ...": a warning about files torch did not write; what
+            # such a file holds is refused or read below all the same.
+            warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch < 2.5: "Unsupported global: GLOBAL x.y"; later: "unsupported GLOBAL x.y whose..."
         unsafe = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", str(e))
-        if unsafe and unsafe.group(1).startswith("torch."):
+        if unsafe and unsafe.group(1).split(".")[0] in ("torch", "torchvision"):
             raise ConversionError(
                 f"{path}: holds a pickled {unsafe.group(1)}, not a state_dict; save the "
                 "model's state_dict() instead"
@@ -141,7 +147,10 @@ def _read_torch(path: Path) -> Any:
                 f"{path}: holds pickled code ({unsafe.group(1)}) that jaxnets refuses to run; "
                 "only tensors are loaded"
             ) from e
-        raise ConversionError(f"{path}: not a readable PyTorch file (corrupt pickle)") from e
+        raise ConversionError(
+            f"{path}: not a readable PyTorch file (torch's weights-only unpickler: "
+            f"{_unpickler_reason(e)})"
+        ) from e
     except Exception as e:
         raise ConversionError(f"{path}: not a readable PyTorch file ({_first_line(e)})") from e
 
@@ -171,6 +180,15 @@ def _to_numpy(value: Any) -> np.ndarray | None:
     if isinstance(value, jax.Array):
         return np.asarray(value)
     return None
+
+
+def _unpickler_reason(error: BaseException) -> str:
+    """The line of torch's weights-only error that says what it met ("Unsupported operand 149",
+    "invalid load key"), without the advice around it."""
+    boilerplate = ("Weights only", "Please file", "Check the documentation", "In PyTorch")
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reasons = [line for line in lines if not line.startswith(boilerplate)]
+    return (reasons or lines or [type(error).__name__])[0].removeprefix("WeightsUnpickler error: ")
 
 
 def _first_line(error: BaseException) -> str:

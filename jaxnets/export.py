@@ -10,6 +10,7 @@ Training can fine-tune from such a directory. `load_variables` also reads a trai
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ def save_export(directory: os.PathLike | str, variables: dict, meta: dict[str, A
 
     Raises:
       FileExistsError: `directory` exists and is not empty.
+      OSError: in one line naming `directory` and the cause (a full disk).
     """
     import orbax.checkpoint as ocp
 
@@ -44,8 +46,12 @@ def save_export(directory: os.PathLike | str, variables: dict, meta: dict[str, A
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would outlive the rename
         with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(staging / VARIABLES_DIR, variables)
-            checkpointer.wait_until_finished()
+
+            def write():
+                checkpointer.save(staging / VARIABLES_DIR, variables)
+                checkpointer.wait_until_finished()
+
+            checkpoints.write_or_explain(write, f"{directory}")
         (staging / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if directory.exists():
             directory.rmdir()
@@ -82,10 +88,11 @@ def load_export(directory: os.PathLike | str) -> tuple[dict, dict[str, Any]]:
         raise FileNotFoundError(f"{directory}: not a jaxnets export (no {META_FILE})")
     try:
         meta = json.loads((directory / META_FILE).read_text())
-        with ocp.StandardCheckpointer() as checkpointer:
-            variables = checkpointer.restore(directory / VARIABLES_DIR)
-    except Exception as e:
-        raise ValueError(f"{directory}: unreadable export ({type(e).__name__}: {e})") from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{directory / META_FILE}: not JSON ({e})") from None
+    with ocp.StandardCheckpointer() as checkpointer:
+        read = functools.partial(checkpointer.restore, directory / VARIABLES_DIR)
+        variables = checkpoints.read_or_explain(read, f"{directory / VARIABLES_DIR}")
     variables = dict(variables)
     variables.setdefault("batch_stats", {})
     return jax.device_put(variables), meta

@@ -39,6 +39,16 @@ def imagenet_classes() -> tuple[str, ...]:
         return tuple(json.load(f))
 
 
+@functools.cache
+def imagenet_wnids() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k WordNet IDs in torchvision's order: `imagenet_wnids()[i]` is the
+    synset of `imagenet_classes()[i]` ('n01440764', tench). ImageNet folders and TFDS's
+    imagenet2012 name their classes so. torchvision's order is the sorted WNIDs, as in
+    TFDS's imagenet2012/labels.txt, from which the file was written once (no TFDS needed here)."""
+    with open(Path(__file__).with_name("imagenet_wnids.json")) as f:
+        return tuple(json.load(f))
+
+
 @dataclasses.dataclass(frozen=True)
 class Weights:
     """One torchvision weight set and how to evaluate it.

@@ -3,7 +3,8 @@ with torchvision on exactly the same preprocessed batches.
 
 Preprocessing comes from the weights: torchvision's metadata for its own files and tags
 (Resize 256 or 232, bilinear with antialias, CenterCrop 224, ImageNet mean/std), the training
-config for a training workdir, or --resize/--crop.
+config for a training workdir, or --resize/--crop. Dataset labels are matched with the head's
+outputs by class name where the weights carry names (jaxnets_cli/classes.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxnets_cli import classes
+
 
 @dataclasses.dataclass
 class Preprocessing:
@@ -23,33 +26,49 @@ class Preprocessing:
 
 
 def load_weights(name: str, weights: str):
-    """(variables, preprocessing) from a tag, a torchvision file, an export or a workdir."""
+    """(variables, preprocessing, head classes or None) from a tag, a torchvision file, an export
+    or a workdir."""
     import json
 
     from jaxnets.convert import from_torchvision
-    from jaxnets.export import load_variables
+    from jaxnets.export import is_export, load_variables
     from jaxnets.pretrained import list_weights, load_pretrained
 
     known = list_weights(name)
     if weights in [w.tag for w in known] + ["DEFAULT"]:
         variables, meta = load_pretrained(name, weights)
-        return variables, Preprocessing(meta.resize, meta.crop, f"torchvision {meta.tag}")
+        head = classes.imagenet_head() if meta.classes is not None else None
+        return variables, Preprocessing(meta.resize, meta.crop, f"torchvision {meta.tag}"), head
     path = Path(weights)
     if path.is_dir():
         variables, meta = load_variables(path)
         if meta.get("arch") != name:
             raise ValueError(f"{weights} holds {meta.get('arch')}, not {name}")
+        head = classes.directory_head(meta, _head_size(name, variables), export=is_export(path))
         if "weights" in meta:  # an export of a torchvision tag
             w = meta["weights"]
-            return variables, Preprocessing(w["resize"], w["crop"], f"torchvision {w['tag']}")
+            preprocessing = Preprocessing(w["resize"], w["crop"], f"torchvision {w['tag']}")
+            return variables, preprocessing, head
         config_file = path / "config.json"
         if config_file.is_file():  # a training workdir: evaluate as training did
             config = json.loads(config_file.read_text())
-            return variables, Preprocessing(
+            preprocessing = Preprocessing(
                 config.get("eval_resize", 0), config["image_size"], f"{config_file}"
             )
-        return variables, Preprocessing(256, 224, "default (V1 recipe)")
-    return from_torchvision(name, path), preprocessing_for_file(name, path.name)
+            return variables, preprocessing, head
+        return variables, Preprocessing(256, 224, "default (V1 recipe)"), head
+    variables = from_torchvision(name, path)
+    untrained = any(w.filename == path.name and w.classes is None for w in known)
+    head = (
+        classes.imagenet_head() if _head_size(name, variables) == 1000 and not untrained else None
+    )
+    return variables, preprocessing_for_file(name, path.name), head
+
+
+def _head_size(name: str, variables) -> int:
+    import jaxnets
+
+    return int(variables["params"][jaxnets.head_module(name)]["kernel"].shape[-1])
 
 
 def preprocessing_for_file(name: str, filename: str) -> Preprocessing:
@@ -66,43 +85,50 @@ def preprocessing_for_file(name: str, filename: str) -> Preprocessing:
 def evaluate(
     name: str, weights: str, data: str, *, batch_size: int = 64, resize: int | None = None,
     crop: int | None = None, compare_torch: bool = False, limit: int = 0, data_dir: str = "",
-    antialias: bool = True, compare_antialias: bool = False,
+    antialias: bool = True, compare_antialias: bool = False, by_position: bool = False,
 ) -> dict:  # fmt: skip
     """Top-1/top-5 and images/sec of jaxnets (and torchvision) on the evaluation split of `data`
-    ('folder:PATH' or 'tfds:NAME'). compare_antialias: also evaluate with the other antialias
-    setting and report how many top-1 predictions change."""
+    ('folder:PATH' or 'tfds:NAME'), its labels matched with the head by `map_classes`.
+    compare_antialias: also evaluate with the other antialias setting and report how many top-1
+    predictions change. by_position: take dataset labels as output indices, names unchecked."""
     try:
         import torchvision  # noqa: F401  (before tensorflow imports: PORTING.md)
     except ImportError:
         if compare_torch:
             raise
 
-    variables, preprocessing = load_weights(name, weights)
+    variables, preprocessing, head = load_weights(name, weights)
     if resize is not None:
         preprocessing = dataclasses.replace(preprocessing, resize=resize, source="--resize")
     if crop is not None:
         preprocessing = dataclasses.replace(preprocessing, crop=crop)
+    dataset = _eval_dataset(data, data_dir, preprocessing, antialias)
+    head_size = _head_size(name, variables)
+    # Before compiling anything: a dataset the head cannot score fails at once.
+    mapping = classes.map_classes(
+        dataset.class_names, head, head_size, by_position=by_position, data=data
+    )
     classifier = _Classifier(name, variables, batch_size, preprocessing.crop)
-    torch_model = _torch_model(name, variables, classifier.num_classes) if compare_torch else None
+    torch_model = _torch_model(name, variables, head_size) if compare_torch else None
 
-    def predictions(antialias: bool, torch_model=None) -> _Predictions:
-        dataset = _eval_dataset(data, data_dir, preprocessing, antialias)
-        if dataset.num_classes > classifier.num_classes:
-            raise ValueError(f"{data} has {dataset.num_classes} classes, the {name} head only "
-                             f"{classifier.num_classes}")  # fmt: skip
-        return _predict(classifier, torch_model, dataset, batch_size, limit)
+    def predictions(dataset, torch_model=None) -> _Predictions:
+        p = _predict(classifier, torch_model, dataset, batch_size, limit)
+        return dataclasses.replace(p, labels=mapping.labels[p.labels])  # both frameworks' labels
 
-    ours = predictions(antialias, torch_model)
+    ours = predictions(dataset, torch_model)
     result = {
         "model": name, "weights": str(weights), "data": data, "images": len(ours.labels),
         "resize": preprocessing.resize, "crop": preprocessing.crop, "antialias": antialias,
-        "preprocessing_from": preprocessing.source, **_accuracy(ours.logits, ours.labels),
-        "images_per_sec": ours.images_per_sec,
+        "preprocessing_from": preprocessing.source,
+        "classes": {"mapping": mapping.how, "dataset": len(mapping.labels), "head": head_size,
+                    "names_from": head.source if head else None, "summary": mapping.summary},
+        **_accuracy(ours.logits, ours.labels), "images_per_sec": ours.images_per_sec,
+        "skipped_files": dict(sorted(dataset.skipped.items())),  # unreadable, not scored
     }  # fmt: skip
     if ours.torch_logits is not None:
         result.update(_torch_comparison(ours, result["top1"]))
     if compare_antialias:
-        other = predictions(not antialias).logits
+        other = predictions(_eval_dataset(data, data_dir, preprocessing, not antialias)).logits
         result["other_antialias"] = {
             "antialias": not antialias, **_accuracy(other, ours.labels),
             "top1_agreement": float(np.mean(ours.logits.argmax(-1) == other.argmax(-1))),
@@ -121,8 +147,7 @@ class _Classifier:
         import jaxnets
 
         self.variables = variables
-        self.num_classes = int(variables["params"][jaxnets.head_module(name)]["kernel"].shape[-1])
-        model = jaxnets.create_model(name, num_classes=self.num_classes)
+        model = jaxnets.create_model(name, num_classes=_head_size(name, variables))
         example = jnp.zeros((batch_size, crop, crop, 3), jnp.float32)
         with jax.default_matmul_precision("highest"):
             self._forward = (
@@ -234,6 +259,8 @@ def format_report(r: dict) -> str:
         f"{r['model']} ({r['weights']}) on {r['data']}: {r['images']} images, "
         f"Resize({r['resize']}{'' if r['antialias'] else ', no antialias'}) + "
         f"CenterCrop({r['crop']}) from {r['preprocessing_from']}",
+        f"classes: {r['classes']['summary']}",
+        *_skipped_line(r["skipped_files"]),
         f"jaxnets      top1 {r['top1']:.4f}  top5 {r['top5']:.4f}  {r['images_per_sec']:.1f} img/s",
     ]
     if "torch" in r:
@@ -249,3 +276,11 @@ def format_report(r: dict) -> str:
             f"prediction for {o['top1_agreement']:.4f} of the images"
         )
     return "\n".join(lines)
+
+
+def _skipped_line(skipped: dict[str, str]) -> list[str]:
+    if not skipped:
+        return []
+    path, why = next(iter(skipped.items()))
+    more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+    return [f"skipped {len(skipped)} unreadable files, not scored: {path} ({why}){more}"]

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import sys
 
-from jaxnets import extras
+from jaxnets import extras, stderr
 
 USER_ERRORS = (
     ValueError,
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     from jaxnets.xla_flags import use_fast_cpu_flags
 
     use_fast_cpu_flags()  # the entry point's choice, made before JAX starts
+    # orbax's absl warnings ("Given directory is read only", ...) say nothing to a user.
+    logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         return args.run(args)
     except USER_ERRORS as e:
@@ -107,6 +110,11 @@ def _add_eval(commands) -> None:
     evaluate.add_argument(
         "--compare-torch", action="store_true",
         help="also run torchvision on the same batches: agreement and logit differences",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--by-position", action="store_true",
+        help="take dataset label i as head output i, without matching class names (the counts "
+        "must agree): for a dataset whose class names are not the weights' own spelling",
     )  # fmt: skip
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(run=_eval)
@@ -230,7 +238,7 @@ def _convert(args) -> int:
 
 def _eval(args) -> int:
     _known_model(args.name)
-    extras.require("train", "this command")
+    _require_train()
     if args.compare_torch:
         extras.require("torch", "--compare-torch")
     from jaxnets_cli.evaluate import evaluate, format_report
@@ -239,7 +247,7 @@ def _eval(args) -> int:
         args.name, args.weights, args.data, batch_size=args.batch_size, resize=args.resize,
         crop=args.crop, compare_torch=args.compare_torch, limit=args.limit,
         data_dir=args.data_dir, antialias=not args.no_antialias,
-        compare_antialias=args.compare_antialias,
+        compare_antialias=args.compare_antialias, by_position=args.by_position,
     )  # fmt: skip
     print(json.dumps(result) if args.json else format_report(result))
     return 0
@@ -247,7 +255,7 @@ def _eval(args) -> int:
 
 def _parity_train(args) -> int:
     _known_model(args.name)
-    extras.require("train", "this command")
+    _require_train()
     extras.require("torch", "this command")
     from jaxnets_cli.parity import ParitySettings, format_report, run
 
@@ -266,7 +274,7 @@ def _parity_train(args) -> int:
 
 
 def _bench(args) -> int:
-    extras.require("train", "this command")
+    _require_train()
     from jaxnets_cli.bench import BenchSettings, format_table, run
 
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
@@ -286,6 +294,18 @@ def _bench(args) -> int:
     rows = run(settings)
     print(json.dumps(rows) if args.json else format_table(rows))
     return 0
+
+
+def _require_train() -> None:
+    """The [train] extra, with TensorFlow started now: after torchvision where it is installed
+    (importing torchvision after tensorflow segfaults, PORTING.md), and with its start-up
+    lines off the terminal."""
+    import contextlib
+
+    extras.require("train", "this command")
+    with contextlib.suppress(ImportError):
+        import torchvision  # noqa: F401
+    stderr.import_quietly("tensorflow")
 
 
 def _known_model(name: str) -> None:

@@ -185,6 +185,19 @@ def broken_folder(image_folder, tmp_path):
     return root
 
 
+@pytest.fixture
+def cut_jpeg_folder(image_folder, tmp_path):
+    """image_folder plus JPEGs cut short inside their header, where TensorFlow's libjpeg prints
+    "Improper call to JPEG library in state 201" for each (two in train/, one in val/)."""
+    root = tmp_path / "cut"
+    shutil.copytree(image_folder, root)
+    for split, name, size in [("train", "class_01", 300), ("train", "class_02", 30),
+                              ("val", "class_00", 100)]:  # fmt: skip
+        whole = (root / split / name / "0000.jpg").read_bytes()
+        (root / split / name / "zz_cut_header.jpg").write_bytes(whole[:size])
+    return root
+
+
 # ----------------------------------------------------------------------------------------------
 # The training program's configs, as the tests use them.
 
@@ -206,3 +219,20 @@ def tiny_config(**overrides):
          "progress_bar": False, "augment": "none", "warmup_epochs": 0.0, **overrides}
     )  # fmt: skip
     return config
+
+
+def limit_file_size(limit: int):
+    """A subprocess preexec_fn under which no file grows past `limit` bytes: writes beyond it
+    fail with EFBIG, as they fail with ENOSPC on a full disk (which needs a mount to stage)."""
+    import resource
+    import signal
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    return apply
+
+
+def largest_file(directory: Path) -> Path:
+    return max((f for f in directory.rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)

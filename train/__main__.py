@@ -6,7 +6,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jaxnets
-from jaxnets import extras
+from jaxnets import extras, stderr
 
 jaxnets.use_fast_cpu_flags()  # the entry point's choice, made before JAX starts
 try:
@@ -27,6 +27,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    stderr.import_quietly("tensorflow")  # its oneDNN start-up lines ignore every log level
     from train.train import NonFiniteLoss, TrainingInterrupted, train_and_evaluate
 
     try:
@@ -58,7 +59,8 @@ def check_config_file(argv: list[str]) -> None:
     values = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     values += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
     for value in values:
-        path = Path(value.split(":", 1)[0])  # config_flags allows FILE:ARGUMENT
+        path, _, argument = value.partition(":")  # config_flags allows FILE:ARGUMENT
+        path = Path(path)
         if not path.is_file():
             raise ValueError(f"--config {value}: no such file")
         try:
@@ -67,9 +69,17 @@ def check_config_file(argv: list[str]) -> None:
             raise ValueError(f"--config {value}: not a Python config file ({e})") from None
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        if not callable(getattr(module, "get_config", None)):
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # an import the file cannot make, a name it misspells
+            raise ValueError(f"--config {value}: {_failure(e)}") from None
+        get_config = getattr(module, "get_config", None)
+        if not callable(get_config):
             raise ValueError(f"--config {value}: defines no get_config()")
+        try:
+            get_config(argument) if argument else get_config()
+        except Exception as e:  # a value of the wrong type for a key, above all
+            raise ValueError(f"--config {value}: get_config() failed ({_failure(e)})") from None
 
 
 def run():
@@ -77,12 +87,25 @@ def run():
     one line."""
     try:
         check_config_file(sys.argv[1:])
-        app.run(main)
+        app.run(main, flags_parser=_parse_flags)
     except SystemExit:
         raise
     except (AttributeError, KeyError, ValueError, TypeError, flags.Error) as e:
         print(f"train: error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's own parser, whose errors would take two lines and exit 1."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"train: error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _failure(error: Exception) -> str:
+    return f"{type(error).__name__}: {_one_line(error)}"
 
 
 def _one_line(error: Exception) -> str:
@@ -91,6 +114,13 @@ def _one_line(error: Exception) -> str:
     import ast
 
     text = str(error).strip()
+    # absl's boolean flags end their message with a tuple: "...: ('Non-boolean argument ...', 'x')"
+    head, _, tail = text.partition(": (")
+    if tail.endswith(")"):
+        try:
+            return f"{head}: " + ": ".join(map(str, ast.literal_eval(f"({tail}")))
+        except (ValueError, SyntaxError):
+            pass
     if text[:1] in ("'", '"'):
         try:
             return " ".join(str(ast.literal_eval(text)).split("\n"))

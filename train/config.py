@@ -79,6 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 20
     c.checkpoint_every_steps = 0  # 0: at the end of every epoch
     c.keep_checkpoints = 3
+    # True: continue the run in --workdir (refused if it is of another model, dataset or image
+    # size). False: move that run to WORKDIR/previous-TIME/ and start afresh.
+    c.resume = True
     c.max_steps = 0  # 0: num_epochs worth; else stop after this many steps (smoke runs)
     c.progress_bar = True
     return c.lock()

@@ -29,6 +29,7 @@ from jaxnets import checkpoints
 from jaxnets.xla_flags import donates_train_state
 from train import data as data_lib
 from train import metrics as metrics_lib
+from train import workdir as workdir_lib
 from train.config import validate
 from train.metrics import NonFiniteLoss
 from train.optim import learning_rate_schedule
@@ -102,7 +103,7 @@ def restore_or_keep(manager, state: TrainState, meta: dict, is_chief: bool) -> T
             if saved.get(key) != meta[key]:
                 raise ValueError(
                     f"the workdir's checkpoint is of {key}={saved.get(key)!r}, this config has "
-                    f"{meta[key]!r}: use a new --workdir"
+                    f"{meta[key]!r}; {workdir_lib.WAY_OUT}"
                 )
 
     def report(line: str) -> None:
@@ -274,8 +275,10 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     validate(config, len(devices))
     is_chief = jax.process_index() == 0  # the one process that writes metrics and reports
     workdir.mkdir(parents=True, exist_ok=True)
-    if is_chief:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    if config.resume:
+        workdir_lib.check_same_run(config, workdir)
+    else:
+        workdir_lib.set_aside_previous_run(workdir)
 
     shardings = Shardings.over(devices)
     dataset, steps_per_epoch, stop_at = load_data(config)
@@ -288,6 +291,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     # Replicated first: a restore takes the shardings of the state it is given.
     state = restore_or_keep(manager, jax.device_put(state, shardings.replicated), meta,
                             is_chief)  # fmt: skip
+    if is_chief:  # after the checks: a refused config leaves the run's own in place
+        workdir_lib.write_config(config, workdir)
     first_step = current_step(state)
     if first_step and is_chief:
         print(f"resumed from {checkpoints.checkpoint_dir(workdir)} at step {first_step}")

@@ -54,6 +54,19 @@ def test_eval_compare_torch_on_the_same_batches(image_folder, resnet18_4_classes
     assert "antialias=False: top1" in out and "same top-1 prediction for" in out
 
 
+def test_eval_names_the_files_it_could_not_score(broken_folder, resnet18_4_classes, capsys):
+    args = ["eval", "resnet18", "--weights", str(resnet18_4_classes), "--data",
+            f"folder:{broken_folder}", "--resize", "73", "--crop", "64"]  # fmt: skip
+    code, out, err = run_cli(capsys, *args, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    truncated = str(broken_folder / "val" / "class_00" / "zz_truncated.jpg")
+    assert result["images"] == 12  # the 12 sound ones
+    assert result["skipped_files"] == {truncated: "cannot be decoded as an image"}
+    code, out, _ = run_cli(capsys, *args)
+    assert f"skipped 1 unreadable files, not scored: {truncated} (cannot be decoded" in out
+
+
 def test_eval_preprocessing_follows_the_weights():
     v2 = preprocessing_for_file("resnet50", "resnet50-11ad3fa6.pth")
     assert (v2.resize, v2.crop, v2.source) == (232, 224, "torchvision IMAGENET1K_V2")
@@ -73,11 +86,30 @@ def test_eval_errors_are_one_line(image_folder, resnet18_4_classes, tmp_path, ca
     torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), tmp_path / "r2.pth")
     cases.append(
         (["--weights", str(tmp_path / "r2.pth"), "--data", f"folder:{image_folder}"],
-         "has 4 classes, the resnet18 head only 2")
+         "has 4 classes, the weights' head 2")
     )  # fmt: skip
     for args, message in cases:
         code, _, err = run_cli(capsys, "eval", "resnet18", *args)
         assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_eval_of_a_workdir_repeats_its_training_evaluation(tmp_path, capsys):
+    from conftest import tiny_config
+
+    from train.train import train_and_evaluate
+
+    summary = train_and_evaluate(tiny_config(model="lenet5", image_size=32, max_steps=3), tmp_path)
+    capsys.readouterr()
+    code, out, err = run_cli(capsys, "eval", "lenet5", "--weights", str(tmp_path), "--data",
+                             "digits", "--json")  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["images"] == 360 and result["crop"] == 32
+    assert result["classes"]["mapping"] == "same names"
+    # The same 360 images and weights; training normalizes on the device and eval on the host,
+    # so an image whose two best logits are within rounding of each other may flip: two may.
+    assert result["top1"] == pytest.approx(summary["top1"], abs=2 / 360)
+    assert result["top5"] == pytest.approx(summary["top5"], abs=2 / 360)
 
 
 def parity(capsys, name, *args):

@@ -5,9 +5,11 @@ import argparse
 import hashlib
 import json
 import os
+import pickle
 import stat
 import subprocess
 import sys
+import warnings
 
 import jax
 import numpy as np
@@ -15,7 +17,7 @@ import pytest
 import safetensors.torch
 import torch
 import torchvision
-from conftest import sweep, torchvision_model
+from conftest import largest_file, limit_file_size, sweep, torchvision_model
 
 import jaxnets
 from jaxnets import pretrained
@@ -161,13 +163,15 @@ def test_unreadable_files_give_one_line_errors(tmp_path, resnet18_state):
     (tmp_path / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{bad json")
     (tmp_path / "weights.h5").write_bytes(b"")
     torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "module.pth")
+    torch.save(torchvision.models.resnet18(), tmp_path / "model.pth")
     torch.save({"epoch": 3}, tmp_path / "no_tensors.pth")
     cases = {
         "truncated.pth": "not a readable PyTorch file",
         "garbage.pth": "not a readable PyTorch file",
         "garbage.safetensors": "not a readable safetensors file",
         "weights.h5": "unknown weights format '.h5'",
-        "module.pth": "holds a pickled torch.nn.modules.linear.Linear",
+        "module.pth": "holds a pickled torch.nn.modules.linear.Linear, not a state_dict",
+        "model.pth": "holds a pickled torchvision.models.resnet.ResNet, not a state_dict",
         "no_tensors.pth": "no tensors found",
     }
     for file, expected in cases.items():
@@ -339,6 +343,52 @@ def test_convert_command_errors_are_one_line_and_write_nothing(tmp_path, capsys,
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+def test_a_damaged_export_is_one_line(tmp_path, capfd, resnet18_state):
+    torch.save(resnet18_state, tmp_path / "r18.pth")
+    assert cli.main(["convert", "resnet18", "--weights", str(tmp_path / "r18.pth"),
+                     "--out", str(tmp_path / "export")]) == 0  # fmt: skip
+    data = largest_file(tmp_path / "export" / "variables")
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    capfd.readouterr()
+    code = cli.main(["convert", "resnet18", "--from-jax", str(tmp_path / "export"),
+                     "--out", str(tmp_path / "back.pth")])  # fmt: skip
+    err = capfd.readouterr().err  # file descriptor 2: orbax's threads and TensorStore's too
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{tmp_path / 'export' / 'variables'}: unreadable (ValueError: OUT_OF_RANGE" in err
+    assert 'Error reading "' in err  # TensorStore's words: the array it could not read
+    assert not (tmp_path / "back.pth").exists()
+
+
+@pytest.mark.slow  # a subprocess
+def test_a_full_disk_while_exporting_is_one_line_and_leaves_nothing(tmp_path, resnet18_state):
+    torch.save(resnet18_state, tmp_path / "r18.pth")
+    out = tmp_path / "export"
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxnets_cli", "convert", "resnet18", "--weights",
+         str(tmp_path / "r18.pth"), "--out", str(out)],
+        capture_output=True, text=True, preexec_fn=limit_file_size(1_000_000),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == f"jaxnets convert: error: cannot write {out} (File too large)\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["r18.pth"]  # no staging directory left
+
+
+def test_a_file_without_read_permission_is_named_as_such(tmp_path, resnet18_state):
+    weights = tmp_path / "r18.pth"
+    torch.save(resnet18_state, weights)
+    weights.chmod(0)
+    # Root reads any file: without the two capabilities that let it, it is refused like anyone.
+    drop_root = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    result = subprocess.run(
+        [*(drop_root if os.geteuid() == 0 else []), sys.executable, "-m", "jaxnets_cli",
+         "convert", "resnet18", "--weights", str(weights), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == f"jaxnets convert: error: {weights}: no permission to read this file\n"
+    assert not (tmp_path / "out").exists()
+
+
 def test_console_script_is_installed():
     result = subprocess.run(
         [sys.executable, "-m", "jaxnets_cli", "models"], capture_output=True, text=True, check=True
@@ -355,7 +405,18 @@ def test_a_file_that_holds_code_is_refused_and_the_code_never_runs(tmp_path):
             return (os.system, (f"touch {marker}",))
 
     torch.save({"conv1.weight": Payload()}, tmp_path / "evil.pth")
-    with pytest.raises(ConversionError, match=r"holds pickled code \(posix.system\) that jaxnets "
-                                              r"refuses to run"):  # fmt: skip
-        from_torchvision("resnet18", tmp_path / "evil.pth")
+    # Plain pickles too, of torch's protocol and of one torch warns it did not write.
+    for protocol in (2, 4):
+        evil = tmp_path / f"evil{protocol}.pth"
+        evil.write_bytes(pickle.dumps({"conv1.weight": Payload()}, protocol=protocol))
+    cases = {
+        "evil.pth": r"holds pickled code \(posix.system\) that jaxnets refuses to run",
+        "evil2.pth": r"holds pickled code \(posix.system\) that jaxnets refuses to run",
+        "evil4.pth": r"weights-only unpickler: Unsupported operand 149\)$",
+    }
+    for name, message in cases.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # and no warning besides the one line
+            with pytest.raises(ConversionError, match=message):
+                from_torchvision("resnet18", tmp_path / name)
     assert not marker.exists()

@@ -1,7 +1,12 @@
 """The input pipelines: torchvision-equivalent preprocessing, image folders (including broken
 ones), TFDS datasets in TFDS's on-disk format, deterministic order, resume and process shards."""
 
+import io
+import os
+import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,7 +14,7 @@ import tensorflow as tf  # conftest has imported torchvision first (PORTING.md)
 import torch
 import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
-from conftest import CIFAR_CLASSES
+from conftest import CIFAR_CLASSES, REPO
 from PIL import Image
 
 from train import data
@@ -187,11 +192,163 @@ def test_unreadable_files_are_skipped_and_reported_by_path(broken_folder):
     assert corrupt in skipped
 
 
+def test_unreadable_files_at_the_end_of_the_split_are_reported(cut_jpeg_folder):
+    # The last file of val/ alone makes the last batch of 4: dropped, it leaves no batch behind.
+    last = cut_jpeg_folder / "val" / "class_03" / "zz_last.jpg"
+    last.write_bytes(b"junk")
+    dataset = data.load_dataset(folder_config(cut_jpeg_folder))
+    evaluated = take_all(dataset.eval_batches(4))
+    assert sum(int(m.sum()) for *_, m in evaluated) == 12  # 14 files, 2 unreadable
+    assert str(last) in dataset.skipped
+    assert str(cut_jpeg_folder / "val" / "class_00" / "zz_cut_header.jpg") in dataset.skipped
+
+
 def test_unreadable_file_stops_the_run_by_path_in_error_mode(broken_folder):
     dataset = data.load_dataset(folder_config(broken_folder, bad_images="error"))
     with pytest.raises(tfdata.DataError, match=r"unreadable image .*zz_truncated\.jpg") as error:
         take_all(dataset.eval_batches(8))
     assert "\n" not in str(error.value)
+
+
+# What TensorFlow's libjpeg prints for a cut-short or damaged JPEG (jerror.h's messages).
+LIBJPEG_LINE = re.compile(r"JPEG|Input file read error|marker|Bogus|Premature end")
+
+DECODE_IN_A_FRESH_PROCESS = r"""
+import sys
+
+import tensorflow as tf
+
+from train import data
+from train.config import base_config
+from train.data import tfdata
+
+root = sys.argv[1]
+print("=== tf.io.decode_image alone", file=sys.stderr, flush=True)
+try:
+    tf.io.decode_image(open(f"{root}/train/class_01/zz_cut_header.jpg", "rb").read())
+except tf.errors.InvalidArgumentError:
+    pass
+print("=== the pipelines", file=sys.stderr, flush=True)
+
+
+def config(bad_images):
+    config = base_config().unlock()
+    config.update(dataset=f"folder:{root}", image_size=32, augment="random_resized_crop",
+                  eval_resize=36, bad_images=bad_images)
+    return config
+
+
+dataset = data.load_dataset(config("skip"))
+for epoch in range(2):
+    list(dataset.train_batches(0, epoch, 0, 8))
+list(dataset.eval_batches(8))
+augmentation = tfdata.Augmentation(image_size=32, eval_resize=36)
+list(data.load_eval_dataset(f"folder:{root}", augmentation).eval_batches(8))  # jaxnets eval
+print("skipped:", " ".join(sorted(dataset.skipped)))
+try:
+    list(data.load_dataset(config("error")).train_batches(0, 0, 0, 8))
+except tfdata.DataError as e:
+    print("error:", e)
+"""
+
+
+def test_cut_short_jpegs_are_refused_before_libjpeg_prints(cut_jpeg_folder):
+    """libjpeg, inside TensorFlow's decode ops in tf.data's threads, prints a nameless line per
+    JPEG cut short in its header; the pipelines refuse such files before libjpeg sees them, so
+    the skipped-files list and the one-line error are all the user reads."""
+    run = subprocess.run(
+        [sys.executable, "-c", DECODE_IN_A_FRESH_PROCESS, str(cut_jpeg_folder)], cwd=REPO,
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    alone, pipelines = run.stderr.split("=== the pipelines\n")
+    # The control: this TensorFlow's libjpeg does print, so its absence below means something.
+    assert "Improper call to JPEG library in state 201" in alone
+    assert not [line for line in pipelines.splitlines() if LIBJPEG_LINE.search(line)], pipelines
+    cut = sorted(str(p) for p in cut_jpeg_folder.rglob("zz_cut_header.jpg"))
+    assert f"skipped: {' '.join(cut)}\n" in run.stdout
+    error = r"error: unreadable image \S+/train/class_0[12]/zz_cut_header\.jpg \(cannot be decoded"
+    assert re.search(error + r" as an image\); 2 such file\(s\) in this shard", run.stdout)
+
+
+def test_jpeg_completeness_check_refuses_cut_files_and_passes_whole_ones(image_folder):
+    whole = (image_folder / "train" / "class_00" / "0000.jpg").read_bytes()
+    # Every prefix is refused: inside the header, or without the EOI after the first scan.
+    assert not any(preprocess.jpeg_bytes_are_complete(whole[:n]) for n in range(3, len(whole)))
+    photo = Image.open(io.BytesIO(whole))
+    exif = Image.Exif()
+    exif[0x010F] = "camera"
+
+    def jpeg(image, **options):
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", **options)
+        return buffer.getvalue()
+
+    thumbnail = jpeg(photo.resize((16, 12)))
+    app1 = b"Exif\x00\x00" + thumbnail  # a JPEG inside the header, with its own SOS and EOI
+    with_thumbnail = whole[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + whole[2:]
+    sound = [
+        whole, jpeg(photo, progressive=True), jpeg(photo.convert("L")), jpeg(photo.convert("CMYK")),
+        jpeg(photo, exif=exif.tobytes(), icc_profile=b"\x00" * 150_000),  # 3 APP2 segments
+        jpeg(photo, restart_marker_blocks=4), with_thumbnail,
+        whole + b"\xff\xda trailing data, as after a motion photo's JPEG",
+        whole[:2] + b"\xff\xff" + whole[2:],  # a fill byte before a marker
+    ]  # fmt: skip
+    cut = [with_thumbnail[: len(thumbnail) + 20], with_thumbnail[: len(with_thumbnail) // 2]]
+    garbled = [  # complete files: the walk refuses them, but files ending in EOI skip the walk
+        whole[:2] + b"\xff\x1a" + whole[2:],  # an unknown marker
+        whole[:2] + b"\xff\xdb\x00\x01" + whole[2:],  # a segment shorter than its length field
+        whole[:2] + b"\xff\xda\x00\x08" + bytes(6) + whole[2:],  # a scan before the frame header
+    ]
+    for image_bytes in sound:
+        assert preprocess.jpeg_bytes_are_complete(image_bytes)
+        assert bool(preprocess.jpeg_is_complete(tf.constant(image_bytes)))
+        assert preprocess.decode_image(tf.constant(image_bytes)).shape[-1] == 3
+    for image_bytes in cut:
+        assert not bool(preprocess.jpeg_is_complete(tf.constant(image_bytes)))
+        with pytest.raises(tf.errors.InvalidArgumentError, match="JPEG data cut short"):
+            preprocess.decode_image(tf.constant(image_bytes))
+    for image_bytes in cut + garbled:
+        assert not preprocess.jpeg_bytes_are_complete(image_bytes)
+
+
+def test_a_class_without_one_readable_image_stops_before_anything_trains(image_folder, tmp_path):
+    from train.train import train_and_evaluate
+
+    root = tmp_path / "hopeless"
+    shutil.copytree(image_folder, root)
+    for i, path in enumerate(sorted((root / "train" / "class_02").iterdir())):
+        path.write_bytes(path.read_bytes()[: 40 + 50 * i])  # each cut short in its header
+    expected = (f"{root}/train/class_02: class 'class_02' has no readable images (all 8 files "
+                "cannot be decoded); remove the folder or fix the files")  # fmt: skip
+    for bad_images in ("skip", "error"):
+        with pytest.raises(tfdata.DataError) as error:
+            data.load_dataset(folder_config(root, bad_images=bad_images))
+        assert str(error.value) == expected
+    workdir = tmp_path / "workdir"
+    with pytest.raises(tfdata.DataError, match="class 'class_02' has no readable images"):
+        train_and_evaluate(folder_config(root, model="lenet5", batch_size=8), workdir)
+    assert list(workdir.iterdir()) == []  # no step, no checkpoint, no config
+
+    # The evaluation split too: a class with nothing to score makes the per-class report
+    # meaningless, in training and in `jaxnets eval` (the eval split alone).
+    shutil.rmtree(root)
+    shutil.copytree(image_folder, root)
+    for path in (root / "val" / "class_01").iterdir():
+        path.write_bytes(b"\xff\xd8\xff\xe0 not the rest of a JPEG")
+    with pytest.raises(tfdata.DataError, match=r"/val/class_01: class 'class_01' has no readable "
+                                               r"images \(all 3 files cannot"):  # fmt: skip
+        data.load_dataset(folder_config(root))
+    with pytest.raises(tfdata.DataError, match=r"/val/class_01: class 'class_01' has no readable"):
+        data.load_eval_dataset(f"folder:{root}", tfdata.Augmentation(image_size=32))
+
+    # One readable file is enough; the unreadable ones the check met are listed at once.
+    shutil.copy(root / "val" / "class_00" / "0002.jpg", root / "val" / "class_01" / "0002.jpg")
+    dataset = data.load_dataset(folder_config(root))
+    assert sorted(dataset.skipped) == [
+        str(root / "val" / "class_01" / f"000{i}.jpg") for i in (0, 1)
+    ]
 
 
 def test_folder_layout_errors_are_one_line(image_folder, tmp_path):

@@ -3,6 +3,7 @@ from converted weights, and 4 devices against 1."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +14,13 @@ import numpy as np
 import optax
 import pytest
 import torch
-from conftest import REPO, load_config, tiny_config
+from conftest import REPO, limit_file_size, load_config, tiny_config
 
 from train.config import ConfigError, base_config, validate
 from train.optim import make_optimizer
 
 CONFIGS = sorted((REPO / "configs").glob("*.py"))
+CONFIGS_DIGITS = REPO / "configs" / "digits.py"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -467,30 +469,136 @@ def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_run_resumes(tmp_path
     assert len(list((workdir / "checkpoints").glob("*.corrupt-*"))) == 3
 
 
-@pytest.mark.slow  # two training runs
-def test_a_workdir_of_another_model_is_refused_and_left_as_it_is(tmp_path):
+def _train_flags(config) -> list[str]:
+    """The command line of `python -m train` that builds tiny_config's overrides of `config`."""
+    base = load_config(CONFIGS_DIGITS)
+    return [f"--config.{k}={v}" for k, v in config.items() if base[k] != v]
+
+
+@pytest.mark.slow  # four killed subprocess runs and their resumptions
+def test_a_run_killed_while_saving_resumes_bit_identical(tmp_path, capsys):
     from train.train import train_and_evaluate
 
-    train_and_evaluate(tiny_config(max_steps=2), tmp_path)
-    with pytest.raises(ValueError, match=r"checkpoint is of model='resnet18', this config has "
-                                         r"'lenet5': use a new --workdir"):  # fmt: skip
-        train_and_evaluate(tiny_config(max_steps=4, model="lenet5", image_size=32), tmp_path)
-    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["2"]
+    config = lambda steps: tiny_config(max_steps=steps, learning_rate=0.01,
+                                       checkpoint_every_steps=2)  # fmt: skip
+    train_and_evaluate(config(8), tmp_path / "uninterrupted")
+    killer = Path(__file__).with_name("killed_while_saving.py")
+    # The point of the save of checkpoint 6 where the process dies -> the step it resumes at.
+    for point, resumes_at in [("writing", 4), ("before-commit", 4), ("before-rename", 4),
+                              ("after-rename", 6)]:  # fmt: skip
+        workdir = tmp_path / point
+        killed = subprocess.run(
+            [sys.executable, str(killer), point, "6", "--config", str(CONFIGS_DIGITS),
+             "--workdir", str(workdir), *_train_flags(config(8))],
+            capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        assert killed.returncode == -9, (point, killed.stderr[-2000:])
+        capsys.readouterr()
+        summary = train_and_evaluate(config(8), workdir)
+        assert f"at step {resumes_at}\n" in capsys.readouterr().out, point
+        assert summary["steps"] == 8
+        listed = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+        assert listed == ["4", "6", "8"], (point, listed)  # no temporary directory left behind
+        step, params = final_params(workdir)
+        assert step == 8
+        jax.tree.map(np.testing.assert_array_equal, params,
+                     final_params(tmp_path / "uninterrupted")[1])  # fmt: skip
 
 
-@pytest.mark.slow  # five subprocesses
+@pytest.mark.slow  # two subprocess runs
+def test_a_full_disk_while_checkpointing_is_one_line_and_the_next_run_starts_clean(tmp_path):
+    workdir = tmp_path / "w"
+    flags = ["--workdir", str(workdir), *_train_flags(tiny_config(max_steps=2))]
+    full = subprocess.run(
+        [sys.executable, "-m", "train", "--config", str(CONFIGS_DIGITS), *flags],
+        capture_output=True, text=True, cwd=REPO, preexec_fn=limit_file_size(100_000),
+        # Without the tests' compilation cache, which JAX would warn is full too.
+        env={k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"},
+    )  # fmt: skip
+    assert full.returncode == 2
+    assert full.stderr == (
+        f"train: error: cannot write checkpoint 2 in {workdir / 'checkpoints'} (File too large); "
+        "the partial checkpoint was removed\n"
+    )
+    assert list((workdir / "checkpoints").iterdir()) == []
+    again = run_train(*flags)
+    assert again.returncode == 0 and "resumed" not in again.stdout, again.stderr[-2000:]
+    assert json.loads((workdir / "summary.json").read_text())["steps"] == 2
+
+
+@pytest.mark.slow  # five short training runs
+def test_the_workdir_refuses_another_run_and_resume_false_starts_afresh(image_folder, tmp_path):
+    import shutil
+
+    from train.train import train_and_evaluate
+
+    workdir = tmp_path / "w"
+    train_and_evaluate(tiny_config(max_steps=2), workdir)
+    saved = (workdir / "config.json").read_text()
+    refused = [  # (overrides, the values named)
+        (dict(model="lenet5", image_size=32), "model='resnet18', this config has model='lenet5'"),
+        (dict(dataset="tfds:mnist"), "dataset='digits', this config has dataset='tfds:mnist'"),
+        (dict(image_size=24), "image_size=16, this config has image_size=24"),
+    ]
+    for overrides, message in refused:
+        with pytest.raises(ValueError, match=re.escape(f"{workdir} holds a run of {message}; "
+                                                       "pass --config.resume=False")):  # fmt: skip
+            train_and_evaluate(tiny_config(max_steps=4, **overrides), workdir)
+        # Checked before anything is read or written: the run is as it was.
+        assert [p.name for p in (workdir / "checkpoints").iterdir()] == ["2"]
+        assert (workdir / "config.json").read_text() == saved
+
+    # The same dataset name with another class count: caught on the checkpoint's description.
+    folder = tmp_path / "photos"
+    shutil.copytree(image_folder, folder)
+    config = tiny_config(dataset=f"folder:{folder}", max_steps=1, batch_size=4)
+    train_and_evaluate(config, tmp_path / "f")
+    for split in ("train", "val"):
+        shutil.rmtree(folder / split / "class_03")
+    with pytest.raises(ValueError, match="checkpoint is of num_classes=4, this config has 3"):
+        train_and_evaluate(config, tmp_path / "f")
+
+    # resume=False: the old run is moved aside whole, the new one starts from step 0.
+    summary = train_and_evaluate(tiny_config(max_steps=3, model="lenet5", image_size=32,
+                                             resume=False), workdir)  # fmt: skip
+    assert summary["steps"] == 3 and summary["model"] == "lenet5"
+    (previous,) = workdir.glob("previous-*")
+    assert sorted(p.name for p in (previous / "checkpoints").iterdir()) == ["2"]
+    assert (previous / "config.json").read_text() == saved
+    assert (previous / "metrics.jsonl").is_file() and (previous / "summary.json").is_file()
+    assert [p.name for p in (workdir / "checkpoints").iterdir()] == ["3"]
+    assert json.loads((workdir / "config.json").read_text())["model"] == "lenet5"
+
+
+@pytest.mark.slow  # eight subprocesses
 def test_config_file_errors_are_one_line(tmp_path):
     no_getter = tmp_path / "no_getter.py"
     no_getter.write_text("x = 1\n")
+    wrong_type = tmp_path / "wrong_type.py"
+    wrong_type.write_text(
+        "from train.config import base_config\n\n"
+        "def get_config():\n    c = base_config()\n    c.batch_size = '64'\n    return c\n"
+    )
     cases = {
         "configs/no_such_config.py": "--config configs/no_such_config.py: no such file",
         "Makefile": "--config Makefile: not a Python config file (",
         str(no_getter): f"--config {no_getter}: defines no get_config()",
+        str(wrong_type): f"--config {wrong_type}: get_config() failed (TypeError: Could not "
+        "override field 'batch_size'",
     }
     for config, message in cases.items():
         result = run_train("--config", config, "--workdir", str(tmp_path / "w"), config=None)
         assert result.returncode == 2, result.stderr
         assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    flag_cases = {  # values of the wrong type on the command line
+        "--config.batch_size=abc": "flag --config.batch_size=abc: invalid literal for int()",
+        "--config.hflip=maybe": "flag --config.hflip=maybe: Non-boolean argument to boolean flag",
+    }
+    for flag, message in flag_cases.items():
+        result = run_train("--workdir", str(tmp_path / "w"), flag)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == f"train: error: {message}" + result.stderr.split(message)[1]
+        assert result.stderr.count("\n") == 1, result.stderr
     result = run_train("--workdir", str(tmp_path / "w"), "--config.batch_sise=3")
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == (

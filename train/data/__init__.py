@@ -132,13 +132,16 @@ def load_dataset(config, shard: ProcessShard = SINGLE_PROCESS):
 
 def load_eval_dataset(spec: str, augmentation, *, data_dir: str = ""):
     """The evaluation split alone of 'folder:PATH' (PATH/val, or PATH itself when it holds the
-    class folders) or 'tfds:NAME' (validation, else test), for `jaxnets eval`."""
+    class folders), 'tfds:NAME' (validation, else test) or 'digits' (its test split at the
+    crop size), for `jaxnets eval`."""
     from train.data import tfdata
 
+    if spec == "digits":
+        return load_digits(augmentation.image_size)
     kind, _, where = spec.partition(":")
     options = tfdata.PipelineOptions(bad_images="skip")
     if kind == "folder" and where:
         return tfdata.FolderDataset(where, augmentation, options, eval_only=True)
     if kind == "tfds" and where:
         return tfdata.TfdsDataset(where, augmentation, options, data_dir=data_dir, eval_only=True)
-    raise ValueError(f"--data {spec!r}: expected folder:PATH or tfds:NAME[:VERSION]")
+    raise ValueError(f"--data {spec!r}: expected folder:PATH, tfds:NAME[:VERSION] or digits")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import tensorflow as tf
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,6 +55,7 @@ def random_resized_crop_window(seed, height, width, scale=(0.08, 1.0), ratio=(3 
 def decode_random_resized_crop(image_bytes, seed, size: int):
     """Decodes only the sampled window of a JPEG (decode_and_crop_jpeg), or the whole image
     for other formats, and resizes the window to size x size (bilinear, antialiased)."""
+    image_bytes = refuse_incomplete_jpeg(image_bytes)
 
     def jpeg():
         shape = tf.image.extract_jpeg_shape(image_bytes)
@@ -72,9 +74,88 @@ def decode_random_resized_crop(image_bytes, seed, size: int):
 
 def decode_image(image_bytes):
     """Any JPEG/PNG/GIF/BMP as uint8 HxWx3 (grayscale replicated, alpha dropped)."""
+    image_bytes = refuse_incomplete_jpeg(image_bytes)
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
+
+
+# TensorFlow's libjpeg wrapper prints every libjpeg error to file descriptor 2 before returning
+# its own, from tf.data's threads and without a file name: "Improper call to JPEG library in
+# state 201" for a file that ends inside its header, "Input file read error" for one that ends
+# at some points of its image data. So a JPEG that libjpeg would refuse for being cut short or
+# for a broken header is refused here first, without libjpeg, by an error that tf.data drops
+# (bad_images='skip') or that stops the pipeline ('error') as libjpeg's own would.
+
+# Markers libjpeg reads before the first scan (jdmarker.c read_markers) that carry a length:
+# SOF0-15 (less DHT, JPG, DAC), DHT, DAC, SOS, DQT, DNL, DRI, APP0-15, COM. RST0-7 and TEM
+# stand alone; any other code, a second SOI or an EOI before the first scan is an error.
+_SOF_MARKERS = frozenset(m for m in range(0xC0, 0xD0) if m not in (0xC4, 0xC8, 0xCC))
+_SEGMENT_MARKERS = _SOF_MARKERS | {0xC4, 0xCC, 0xDA, 0xDB, 0xDC, 0xDD, 0xFE, *range(0xE0, 0xF0)}
+_SOS = 0xDA
+_EOI = b"\xff\xd9"
+
+
+def jpeg_is_complete(image_bytes):
+    """Whether the bytes of a JPEG (tf.io.is_jpeg) can be whole, as a scalar bool tensor: see
+    jpeg_bytes_are_complete. One that ends with EOI, nearly every sound file, passes at once;
+    only the others (cut short, or followed by other data as motion photos are) are walked, in
+    Python: a walk in TensorFlow ops costs about a decode per file, even in the branch not
+    taken (tf.data still steps through its nodes)."""
+    length = tf.strings.length(image_bytes)
+    tail = tf.strings.substr(image_bytes, tf.maximum(length - 2, 0), 2)
+
+    def complete(data):  # bytes in tf.data and tf.function, a 0-d object array eagerly
+        return jpeg_bytes_are_complete(data.item() if isinstance(data, np.ndarray) else data)
+
+    def walk():
+        ok = tf.numpy_function(complete, [image_bytes], tf.bool, stateful=False)
+        return tf.reshape(ok, [])
+
+    return tf.cond(tf.equal(tail, _EOI), lambda: tf.constant(True), walk)
+
+
+def jpeg_bytes_are_complete(data: bytes) -> bool:
+    """False for JPEG bytes that end inside the header, hold a malformed or unknown marker
+    segment before the first scan (or a scan before the frame header), or have no EOI marker
+    after the first scan's header: a file cut short, or with garbage in its header, which
+    libjpeg refuses. True for anything it is unsure of (stray bytes between segments, which
+    libjpeg skips with a warning), for libjpeg to decide."""
+    n, pos, seen_sof = len(data), 2, False
+    for _ in range(1000):  # segments and fill bytes: far more than any real header holds
+        if pos + 1 >= n:
+            return False  # ends where a marker is due
+        if data[pos] != 0xFF:
+            break  # stray bytes: libjpeg skips them with a warning; it decides
+        marker = data[pos + 1]
+        if marker == 0xFF:  # a fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length
+            pos += 2
+            continue
+        end = pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker not in _SEGMENT_MARKERS or pos + 3 >= n or end < pos + 4 or end > n:
+            return False  # unknown marker, or a segment cut short or shorter than its header
+        if marker == _SOS:
+            if not seen_sof:
+                return False
+            pos = end
+            break
+        seen_sof |= marker in _SOF_MARKERS
+        pos = end
+    return data.find(_EOI, pos) >= 0
+
+
+def refuse_incomplete_jpeg(image_bytes):
+    """image_bytes, or an InvalidArgumentError for a JPEG that jpeg_is_complete refuses, raised
+    before libjpeg sees it; other formats pass unchecked."""
+    ok = tf.cond(
+        tf.io.is_jpeg(image_bytes), lambda: jpeg_is_complete(image_bytes), lambda: tf.constant(True)
+    )
+    check = tf.debugging.Assert(ok, ["JPEG data cut short or with a broken header"])
+    with tf.control_dependencies([check]):
+        return tf.identity(image_bytes)
 
 
 def resize(image, size, antialias: bool = True):

@@ -31,6 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 JAXNETS = [PYTHON, "-m", "jaxnets_cli"]
 TRAIN = [PYTHON, "-m", "train"]
+# Root reads and writes any file: without these two capabilities it is refused like anyone.
+AS_USER = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
 LENET = ["--config", str(REPO / "configs" / "digits_lenet5.py"), "--config.progress_bar=False",
          "--config.checkpoint_every_steps=2", "--config.log_every_steps=1"]  # fmt: skip
 
@@ -215,9 +217,6 @@ def weights_cases(m: Materials) -> list[Case]:
         taken = m.copy(m.export, scratch)
         return JAXNETS + ["convert", "resnet18", "--weights", str(m.pth), "--out", str(taken)]
 
-    root_drops = os.geteuid() == 0  # root reads any file: without its two capabilities it can't
-    as_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if root_drops else []
-
     cases = [
         ("a missing weights file", convert(lambda s: s / "absent.pth"), 2,
          r"weights file not found: .*absent\.pth"),
@@ -239,7 +238,7 @@ def weights_cases(m: Materials) -> list[Case]:
          convert(written("h.pth", torch_save(half))), 0, r"", export_written, 0),
         ("a directory given as --weights", convert(lambda s: m.copy(m.export, s)), 2,
          r"export: a directory, not a weights file"),
-        ("a file without read permission", lambda s: as_user + convert(
+        ("a file without read permission", lambda s: AS_USER + convert(
             written("locked.pth", no_permission))(s), 2,
          r"locked\.pth: no permission to read this file"),
         ("weights of another architecture",
@@ -367,6 +366,10 @@ def workdir_cases(m: Materials) -> list[Case]:
         (scratch / "file").write_text("")
         return TRAIN + LENET + ["--workdir", str(scratch / "file" / "w")]
 
+    def read_only(scratch: Path) -> list[str]:
+        (scratch / "ro").mkdir(mode=0o555)
+        return AS_USER + TRAIN + LENET + ["--workdir", str(scratch / "ro")]
+
     def full_disk(scratch: Path) -> list[str]:
         return TRAIN + LENET + ["--workdir", str(scratch / "w"), "--config.max_steps=2"]
 
@@ -400,6 +403,7 @@ def workdir_cases(m: Materials) -> list[Case]:
          r"train: config\.resume=False: the previous run moved to .*previous-", previous_kept),
         ("a workdir that cannot be created", unwritable, 2, r"file/w'?: Not a directory|"
          r"\[Errno 20\]"),
+        ("a read-only workdir", read_only, 2, r"Permission denied: '.*ro/checkpoints'"),
         ("a full disk while checkpointing", full_disk, 2,
          r"cannot write checkpoint 2 in .*checkpoints \(File too large\); the partial "
          r"checkpoint was removed", partial_removed, 1, limit_file_size(100_000)),

@@ -221,17 +221,17 @@ def tiny_config(**overrides):
     return config
 
 
-def limit_file_size(limit: int):
-    """A subprocess preexec_fn under which no file grows past `limit` bytes: writes beyond it
-    fail with EFBIG, as they fail with ENOSPC on a full disk (which needs a mount to stage)."""
-    import resource
-    import signal
-
-    def apply():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
-
-    return apply
+def with_file_size_limit(limit: int, argv: list[str]) -> list[str]:
+    """argv run so that no file grows past `limit` bytes: writes beyond it fail with EFBIG, as
+    they fail with ENOSPC on a full disk (which needs a mount to stage). A launcher execs argv
+    with the limit set (a preexec_fn would fork this multithreaded process)."""
+    launcher = (
+        "import os, resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))\n"
+        "os.execv(sys.argv[1], sys.argv[1:])\n"
+    )
+    return [sys.executable, "-c", launcher, *argv]
 
 
 def largest_file(directory: Path) -> Path:

@@ -1,5 +1,6 @@
-"""scripts/fault_matrix.py, the README's reliability table: its quick groups run and pass (the
-whole matrix, ~7 minutes, is run by hand: python scripts/fault_matrix.py)."""
+"""scripts/fault_matrix.py, the README's reliability table: one group runs and passes (the
+whole matrix, ~7 minutes, is run by hand: python scripts/fault_matrix.py; every case is also
+a test of its own in tests/)."""
 
 import subprocess
 import sys
@@ -8,14 +9,14 @@ import pytest
 from conftest import REPO
 
 
-@pytest.mark.slow  # ~20 subprocesses
-def test_the_weights_and_exports_groups_of_the_fault_matrix_pass():
+@pytest.mark.slow  # its materials and 3 cases: 5 subprocesses
+def test_the_exports_group_of_the_fault_matrix_passes():
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "fault_matrix.py"), "--only", "weights,exports"],
+        [sys.executable, str(REPO / "scripts" / "fault_matrix.py"), "--only", "exports"],
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert result.stdout.endswith("\n17/17 cases pass\n"), result.stdout
+    assert result.stdout.endswith("\n3/3 cases pass\n"), result.stdout
     assert "FAIL" not in result.stdout
 
 

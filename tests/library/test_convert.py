@@ -17,7 +17,7 @@ import pytest
 import safetensors.torch
 import torch
 import torchvision
-from conftest import largest_file, limit_file_size, sweep, torchvision_model
+from conftest import largest_file, sweep, torchvision_model, with_file_size_limit
 
 import jaxnets
 from jaxnets import pretrained
@@ -363,11 +363,11 @@ def test_a_damaged_export_is_one_line(tmp_path, capfd, resnet18_state):
 def test_a_full_disk_while_exporting_is_one_line_and_leaves_nothing(tmp_path, resnet18_state):
     torch.save(resnet18_state, tmp_path / "r18.pth")
     out = tmp_path / "export"
+    command = [sys.executable, "-m", "jaxnets_cli", "convert", "resnet18", "--weights",
+               str(tmp_path / "r18.pth"), "--out", str(out)]  # fmt: skip
     result = subprocess.run(
-        [sys.executable, "-m", "jaxnets_cli", "convert", "resnet18", "--weights",
-         str(tmp_path / "r18.pth"), "--out", str(out)],
-        capture_output=True, text=True, preexec_fn=limit_file_size(1_000_000),
-    )  # fmt: skip
+        with_file_size_limit(1_000_000, command), capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert result.stderr == f"jaxnets convert: error: cannot write {out} (File too large)\n"
     assert [p.name for p in tmp_path.iterdir()] == ["r18.pth"]  # no staging directory left

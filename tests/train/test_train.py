@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 import torch
-from conftest import REPO, limit_file_size, load_config, tiny_config
+from conftest import REPO, load_config, tiny_config, with_file_size_limit
 
 from train.config import ConfigError, base_config, validate
 from train.optim import make_optimizer
@@ -509,9 +509,9 @@ def test_a_run_killed_while_saving_resumes_bit_identical(tmp_path, capsys):
 def test_a_full_disk_while_checkpointing_is_one_line_and_the_next_run_starts_clean(tmp_path):
     workdir = tmp_path / "w"
     flags = ["--workdir", str(workdir), *_train_flags(tiny_config(max_steps=2))]
+    command = [sys.executable, "-m", "train", "--config", str(CONFIGS_DIGITS), *flags]
     full = subprocess.run(
-        [sys.executable, "-m", "train", "--config", str(CONFIGS_DIGITS), *flags],
-        capture_output=True, text=True, cwd=REPO, preexec_fn=limit_file_size(100_000),
+        with_file_size_limit(100_000, command), capture_output=True, text=True, cwd=REPO,
         # Without the tests' compilation cache, which JAX would warn is full too.
         env={k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"},
     )  # fmt: skip
@@ -610,3 +610,16 @@ def test_config_file_errors_are_one_line(tmp_path):
     result = run_train("--workdir", str(tmp_path / "file" / "w"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert f"{tmp_path / 'file'}" in result.stderr
+    # A read-only workdir; root writes anywhere, so without the two capabilities that let it.
+    (tmp_path / "ro").mkdir(mode=0o555)
+    drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    as_user = drop if os.geteuid() == 0 else []
+    result = subprocess.run(
+        [*as_user, sys.executable, "-m", "train", "--config", str(CONFIGS_DIGITS), "--workdir",
+         str(tmp_path / "ro")], capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        result.stderr
+        == f"train: error: [Errno 13] Permission denied: '{tmp_path / 'ro'}/checkpoints'\n"
+    )

@@ -33,6 +33,7 @@ def load_weights(name: str, weights: str):
     from jaxnets.convert import from_torchvision
     from jaxnets.export import is_export, load_variables
     from jaxnets.pretrained import list_weights, load_pretrained
+    from train.workdir import CONFIG_FILE
 
     known = list_weights(name)
     if weights in [w.tag for w in known] + ["DEFAULT"]:
@@ -49,7 +50,7 @@ def load_weights(name: str, weights: str):
             w = meta["weights"]
             preprocessing = Preprocessing(w["resize"], w["crop"], f"torchvision {w['tag']}")
             return variables, preprocessing, head
-        config_file = path / "config.json"
+        config_file = path / CONFIG_FILE
         if config_file.is_file():  # a training workdir: evaluate as training did
             config = json.loads(config_file.read_text())
             preprocessing = Preprocessing(

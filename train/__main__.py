@@ -52,7 +52,8 @@ def main(argv):
 
 def check_config_file(argv: list[str]) -> None:
     """Fails in one line, before flag parsing, for a --config file that is missing, is not
-    Python, or has no get_config()."""
+    Python, cannot be imported, has no get_config(), or whose get_config() fails (a value of
+    the wrong type for a key)."""
     import importlib.util
     from pathlib import Path
 

@@ -93,6 +93,7 @@ def test_eval_errors_are_one_line(image_folder, resnet18_4_classes, tmp_path, ca
         assert code == 2 and message in err and err.count("\n") == 1, err
 
 
+@pytest.mark.slow  # a training run
 def test_eval_of_a_workdir_repeats_its_training_evaluation(tmp_path, capsys):
     from conftest import tiny_config
 

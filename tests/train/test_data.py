@@ -252,6 +252,7 @@ except tfdata.DataError as e:
 """
 
 
+@pytest.mark.slow  # a subprocess
 def test_cut_short_jpegs_are_refused_before_libjpeg_prints(cut_jpeg_folder):
     """libjpeg, inside TensorFlow's decode ops in tf.data's threads, prints a nameless line per
     JPEG cut short in its header; the pipelines refuse such files before libjpeg sees them, so
@@ -313,6 +314,7 @@ def test_jpeg_completeness_check_refuses_cut_files_and_passes_whole_ones(image_f
         assert not preprocess.jpeg_bytes_are_complete(image_bytes)
 
 
+@pytest.mark.slow  # a training run
 def test_a_class_without_one_readable_image_stops_before_anything_trains(image_folder, tmp_path):
     from train.train import train_and_evaluate
 

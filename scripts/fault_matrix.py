@@ -570,7 +570,7 @@ def report(outcomes: list[Outcome], markdown: bool) -> str:
     if markdown:
         out.write("| group | case | exit | what jaxnets says | |\n|---|---|---:|---|---|\n")
         for o in outcomes:
-            said = o.said.replace("|", "\\|") or o.case.check.__doc__
+            said = o.said.replace("|", "\\|").replace("`", "'") or o.case.check.__doc__
             said = re.sub(r"/tmp/fault-matrix-\w+/(\d+|materials)/", "", said)
             mark = "pass" if o.passed else f"FAIL: {o.why}"
             out.write(f"| {o.case.group} | {o.case.name} | {o.case.code} | `{said[:160]}` | "

@@ -18,7 +18,7 @@ def get_config():
     config.image_size = 224
     config.augment = "random_resized_crop"
     config.hflip = True
-    config.color_jitter = 0.0
+    config.color_jitter = (0.0, 0.0, 0.0)
     config.eval_resize = 256
     config.batch_size = 64
     config.eval_batch_size = 64

@@ -23,7 +23,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxnets import heads
 from jaxnets.layers import Dropout, flatten_nchw, local_response_norm, max_pool, pad2
+from jaxnets.nodes import tap
 from jaxnets.registry import ModelInfo, register_model
 
 # (reference features index, out channels, kernel, stride, padding, groups, bias init,
@@ -45,12 +47,14 @@ class AlexNetPaper(nn.Module):
       num_classes: size of the last fully connected layer.
       dropout: dropout rate on the outputs of the first two fully connected layers.
       dtype: compute dtype; parameters stay in param_dtype.
+      head: a head spec (jaxnets.heads) replacing `classifier.6`; None: the Linear.
     """
 
     num_classes: int = 1000
     dropout: float = 0.5
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    head: heads.HeadSpec | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -74,12 +78,15 @@ class AlexNetPaper(nn.Module):
                 param_dtype=self.param_dtype,
                 name=f"features_{index}",
             )(x)
-            x = nn.relu(x)
+            x = tap(self, f"features.{index}", x)
+            x = tap(self, f"features.{index + 1}", nn.relu(x))
+            after = index + 2
             if norm:
-                x = local_response_norm(x)
+                x = tap(self, f"features.{after}", local_response_norm(x))
+                after += 1
             if pool:
-                x = max_pool(x, 3, stride=2)
-        x = flatten_nchw(x)  # 256 x 6 x 6, in torch's C, H, W order
+                x = tap(self, f"features.{after}", max_pool(x, 3, stride=2))
+        x = tap(self, "flatten", flatten_nchw(x))  # 256 x 6 x 6, in torch's C, H, W order
         for index, features in ((0, 4096), (3, 4096)):
             x = nn.Dense(
                 features,
@@ -89,24 +96,33 @@ class AlexNetPaper(nn.Module):
                 param_dtype=self.param_dtype,
                 name=f"classifier_{index}",
             )(x)
-            x = Dropout(self.dropout)(nn.relu(x), deterministic=not train)
-        return nn.Dense(
+            x = tap(self, f"classifier.{index}", x)
+            x = tap(self, f"classifier.{index + 1}", nn.relu(x))
+            dropped = Dropout(self.dropout)(x, deterministic=not train)
+            x = tap(self, f"classifier.{index + 2}", dropped)
+        last = lambda x: nn.Dense(
             self.num_classes,
             kernel_init=weights,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="classifier_6",
         )(x)
+        return heads.apply_head(
+            self, x, spec=self.head, name="classifier_6", num_classes=self.num_classes,
+            train=train, default_head=last, dtype=self.dtype, param_dtype=self.param_dtype,
+        )  # fmt: skip
 
 
 INFO = ModelInfo(
     head="classifier_6",
     stem="features_0",
     dropout=True,
-    options=("dropout",),
+    options=("dropout", "head"),
     input_size=_INPUT_SIZE,
     min_input_size=_INPUT_SIZE,
     fixed_input_size=True,
+    feature_stages=("features.3", "features.7", "features.14"),  # the three max pools
+    stage_reductions=(8, 16, 32),
 )
 
 

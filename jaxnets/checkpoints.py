@@ -36,14 +36,18 @@ META_ITEM = "meta"
 RESUME_KEYS = ("model", "num_classes", "dataset", "image_shape")
 
 
-def describe(model: str, dataset: str, class_names: list[str], image_shape) -> dict[str, Any]:
-    """The META_ITEM of a checkpoint: what was trained on what."""
+def describe(
+    model: str, dataset: str, class_names: list[str], image_shape, head: str | None = None
+) -> dict[str, Any]:
+    """The META_ITEM of a checkpoint: what was trained on what (`head`: the model's head spec,
+    None for torchvision's)."""
     return {
         "model": model,
         "num_classes": len(class_names),
         "dataset": dataset,
         "class_names": list(class_names),
         "image_shape": list(image_shape),
+        "head": head,
     }
 
 
@@ -66,7 +70,13 @@ def manager(workdir: os.PathLike | str, *, max_to_keep: int | None = None, read_
         save_interval_steps=0 if read_only else 1, cleanup_tmp_directories=not read_only,
         enable_async_checkpointing=False,
     )  # fmt: skip
+    if read_only:  # orbax warns "Given directory is read only" of what was asked for
+        logging.getLogger("absl").addFilter(_not_a_read_only_notice)
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def _not_a_read_only_notice(record: logging.LogRecord) -> bool:
+    return "Given directory is read only" not in record.getMessage()
 
 
 def save(checkpoints, step: int, state: dict, meta: dict[str, Any]) -> None:
@@ -267,7 +277,8 @@ def load_weights(workdir: os.PathLike | str) -> tuple[dict, dict[str, Any]]:
     them (its evaluation used them too).
 
     Returns:
-      (variables, meta): meta has "arch", "num_classes", "class_names", "step" and "ema".
+      (variables, meta): meta has "arch", "num_classes", "class_names", "head" (the head
+      spec, None for torchvision's), "step" and "ema".
 
     Raises:
       FileNotFoundError: no checkpoint. ValueError: an unreadable one, in one line naming it.
@@ -288,6 +299,7 @@ def load_weights(workdir: os.PathLike | str) -> tuple[dict, dict[str, Any]]:
         "arch": saved["model"],
         "num_classes": saved["num_classes"],
         "class_names": saved.get("class_names"),
+        "head": saved.get("head"),
         "step": step,
         "ema": use_ema,
     }

@@ -23,7 +23,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnets import extras
-from jaxnets.registry import create_model, head_module, list_models, model_info
+from jaxnets import extras, heads
+from jaxnets.names import flax_path, is_within, torch_module, torch_path
+from jaxnets.registry import create_model, head_module, list_models, model_info, sample_shape
 
 PathLike = str | os.PathLike
 FlatKey = tuple[str, ...]  # (collection, module, ..., leaf)
@@ -229,21 +230,13 @@ def save_state_dict(state: Mapping[str, np.ndarray], path: PathLike) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Key mapping.
 
-_INDEXED = re.compile(r"^(.*)_(\d+)$")
-
 
 def torch_to_flax_key(torch_key: str, ndim: int) -> FlatKey | None:
     """Maps a torch key to its (collection, *modules, leaf) Flax path; None if it has none.
 
     `num_batches_tracked` maps to None too: it is dropped on purpose.
     """
-    *modules, leaf = torch_key.split(".")
-    merged: list[str] = []
-    for part in modules:
-        if part.isdigit() and merged:
-            merged[-1] = f"{merged[-1]}_{part}"
-        else:
-            merged.append(part)
+    module, _, leaf = torch_key.rpartition(".")
     if leaf == "weight":
         target = ("params", "kernel" if ndim in (2, 4) else "scale")
     else:
@@ -252,9 +245,9 @@ def torch_to_flax_key(torch_key: str, ndim: int) -> FlatKey | None:
             "running_mean": ("batch_stats", "mean"),
             "running_var": ("batch_stats", "var"),
         }.get(leaf)
-    if target is None or not merged:
+    if target is None or not module:
         return None
-    return (target[0], *merged, target[1])
+    return (target[0], *flax_path(module), target[1])
 
 
 def flax_to_torch_key(flat_key: FlatKey) -> str:
@@ -267,7 +260,7 @@ def flax_to_torch_key(flat_key: FlatKey) -> str:
         ("batch_stats", "mean"): "running_mean",
         ("batch_stats", "var"): "running_var",
     }[(collection, leaf)]
-    return ".".join([_INDEXED.sub(r"\1.\2", m) for m in modules] + [torch_leaf])
+    return f"{torch_path(modules)}.{torch_leaf}"
 
 
 def torch_layout(array: np.ndarray) -> np.ndarray:
@@ -293,8 +286,7 @@ def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def _sample_input(name: str, in_channels: int) -> jax.Array:
     """An input of the architecture's own size (its ModelInfo.input_size), one image."""
-    size = model_info(name).input_size
-    return jnp.zeros((1, size, size, in_channels))
+    return jnp.zeros((*sample_shape(name)[:3], in_channels))
 
 
 def _target_shapes(
@@ -356,9 +348,18 @@ def unflatten_tree(flat: Mapping[FlatKey, Any]) -> dict:
     return tree
 
 
-def _head_classes(name: str, state: Mapping[str, np.ndarray]) -> int | None:
-    head_weight = flax_to_torch_key(("params", head_module(name), "kernel"))
-    weight = state.get(head_weight)
+def _head_linears(name: str, spec: heads.HeadSpec | None) -> list[str]:
+    """The torch names of the head's Linear layers: `fc`, or those of a spec (`fc.1`, `fc.4`)."""
+    head = head_module(name)
+    if spec is None:
+        return [torch_module(head)]
+    return [torch_module(layer) for layer, _ in heads.linear_layers(spec, head)]
+
+
+def _head_classes(
+    name: str, state: Mapping[str, np.ndarray], spec: heads.HeadSpec | None = None
+) -> int | None:
+    weight = state.get(f"{_head_linears(name, spec)[-1]}.weight")
     return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else None
 
 
@@ -389,6 +390,7 @@ def from_torchvision(
     *,
     num_classes: int | None = None,
     reinit_head: bool = False,
+    features_only: bool = False,
     seed: int = 0,
     **model_kwargs,
 ) -> dict[str, dict]:
@@ -397,16 +399,21 @@ def from_torchvision(
     Example:
       >>> variables = jaxnets.from_torchvision("resnet18", "resnet18-f37072fd.pth")
       >>> jaxnets.create_model("resnet18").apply(variables, images_nhwc, train=False)
+      >>> head = ("dropout:0.5", "linear:256", "relu", "dropout:0.3", "linear:N")
+      >>> tuned = jaxnets.from_torchvision("resnet50", "tuned.pth", head=head)  # fc.1, fc.4
 
     Args:
       name: architecture name, e.g. "resnet50".
       source: a state_dict or a `.pth`/`.pt`/`.safetensors` path (see `load_state_dict`).
       num_classes: classes of the model to build; by default, those of the weights' head.
-      reinit_head: if the weights' head has another number of classes than `num_classes`, drop
-        it and initialize a new one as torchvision would (transfer learning). Without it, a head
-        of another size is an error.
+      reinit_head: if the weights' head does not fit the model's (another number of classes,
+        or another head spec), drop it and initialize a new one as torchvision would (transfer
+        learning). Without it, a head that does not fit is an error.
+      features_only: for `create_model(name, features_only=True)`: the weights' head is
+        dropped, whatever its shape; every other key is checked as ever.
       seed: PRNG seed of the re-initialized head.
-      **model_kwargs: further options of the model (e.g. dtype); must not change shapes.
+      **model_kwargs: further options of the model (dtype, head, ...); `head` is the spec of a
+        custom head (jaxnets.heads) the weights hold or are to get.
 
     Returns:
       {'params': ..., 'batch_stats': ...} of jax arrays (batch_stats empty for models without
@@ -414,27 +421,36 @@ def from_torchvision(
 
     Raises:
       ConversionError: keys missing, unexpected or of the wrong shape, each named, with the
-        architecture the weights look like when it is another one.
+        architecture the weights look like when it is another one; a head that does not fit.
     """
-    state = load_state_dict(source)
+    state = loaded = load_state_dict(source)
+    if model_kwargs.get("head") is not None:
+        model_kwargs["head"] = heads.canonical(model_kwargs["head"])
+    spec = model_kwargs.get("head")
     head = head_module(name)
-    file_classes = _head_classes(name, state)
+    file_head = {k: v for k, v in state.items() if is_within(k, torch_module(head))}
+    # The classes of the file's head: its spec's last Linear, else whichever Linear it ends on.
+    linears = [v for k, v in file_head.items() if k.endswith(".weight") and v.ndim == 2]
+    file_classes = _head_classes(name, state, spec) or (
+        int(linears[-1].shape[0]) if linears else None
+    )
     num_classes = num_classes or file_classes or 1000
-    head_prefix = flax_to_torch_key(("params", head, "bias")).removesuffix("bias")
-
-    dropped_head = False
-    if file_classes is not None and file_classes != num_classes:
-        if not reinit_head:
-            raise ConversionError(
-                f"{name}: the weights' head {head_prefix}weight has {file_classes} classes but "
-                f"num_classes={num_classes} was asked; pass reinit_head=True "
-                "(--reinit-head) to drop it and start a new head"
-            )
-        state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
-        dropped_head = True
-
     in_channels = _input_channels(name, state)
     targets = _target_shapes(name, num_classes, tuple(sorted(model_kwargs.items())), in_channels)
+    head_targets = {k: v for k, v in targets.items() if heads.is_head_layer(k[1], head)}
+
+    # A head that does not fit is dropped (features_only, reinit_head) or reported, after the
+    # rest of the weights: weights of another architecture are better named by their body.
+    head_problem, new_head = None, False
+    if features_only or not _head_fits(file_head, head_targets):
+        if not (features_only or reinit_head):
+            head_problem = _head_mismatch(
+                name, file_head, head_targets, spec, file_classes, num_classes
+            )
+        state = {k: v for k, v in state.items() if k not in file_head}
+        targets = {k: v for k, v in targets.items() if k not in head_targets}
+        new_head = reinit_head and not features_only
+
     filled: dict[FlatKey, np.ndarray] = {}
     unexpected, mismatched, mismatched_keys = [], [], set()
     for torch_key, array in state.items():
@@ -460,12 +476,9 @@ def from_torchvision(
             )
         filled[flat_key] = value.astype(target.dtype)
 
-    missing_keys = [k for k in targets if k not in filled and k not in mismatched_keys]
-    if dropped_head:
-        missing_keys = [k for k in missing_keys if k[1] != head]
-        filled.update(_init_head(name, num_classes, seed, model_kwargs, in_channels))
-    missing = [flax_to_torch_key(k) for k in missing_keys]
-
+    missing = [
+        flax_to_torch_key(k) for k in targets if k not in filled and k not in mismatched_keys
+    ]
     if missing or unexpected or mismatched:
         problems = []
         if missing:
@@ -475,14 +488,48 @@ def from_torchvision(
         if mismatched:
             problems.append(f"{len(mismatched)} shape mismatches ({_examples(mismatched, 2)})")
         message = f"{name}: weights do not fit: {'; '.join(problems)}"
-        other = _looks_like(state)
+        other = _looks_like(loaded)
         if other and other != name:
             message += f"; they look like {other} weights"
         raise ConversionError(message, missing, unexpected, mismatched)
 
+    if head_problem:
+        raise ConversionError(head_problem)
+    if new_head:
+        filled.update(_init_head(name, num_classes, seed, model_kwargs, in_channels))
     variables = unflatten_tree(filled)
     variables.setdefault("batch_stats", {})
     return jax.device_put(variables)
+
+
+def _head_fits(file_head: Mapping[str, np.ndarray], head_targets: Mapping[FlatKey, Any]) -> bool:
+    """Whether the weights' head keys are exactly the model head's, of the same shapes."""
+    found = {
+        torch_to_flax_key(k, v.ndim): flax_layout(v).shape
+        for k, v in file_head.items()
+        if not k.endswith("num_batches_tracked")
+    }
+    return found == {k: v.shape for k, v in head_targets.items()}
+
+
+def _head_mismatch(name, file_head, head_targets, spec, file_classes, num_classes) -> str:
+    ours = {flax_to_torch_key(k): _torch_shape(v.shape) for k, v in head_targets.items()}
+    theirs = {k: tuple(v.shape) for k, v in file_head.items() if not k.endswith("tracked")}
+    if set(ours) == set(theirs) and file_classes not in (None, num_classes):
+        return (
+            f"{name}: the weights' head {_head_linears(name, spec)[-1]}.weight has {file_classes} "
+            f"classes but num_classes={num_classes} was asked; pass reinit_head=True "
+            "(--reinit-head) to drop it and start a new head"
+        )
+    describe = lambda shapes: (
+        ", ".join(f"{k} {v}" for k, v in shapes.items() if k.endswith(".weight")) or "none"
+    )
+    model = f"head={','.join(spec)}" if spec else "torchvision's head"
+    return (
+        f"{name}: the weights' head ({describe(theirs)}) does not fit {model} "
+        f"({describe(ours)}); pass the head spec the weights were trained with (head=, --head) "
+        "or reinit_head=True (--reinit-head) to start a new head"
+    )
 
 
 def _init_head(
@@ -491,15 +538,21 @@ def _init_head(
     model = create_model(name, num_classes=num_classes, **model_kwargs)
     head = head_module(name)
 
-    # Only the head leaves are returned, so XLA prunes the rest of the initialization.
+    # Only the head's leaves are returned, so XLA prunes the rest of the initialization.
     @jax.jit
     def init_head(key):
-        return model.init(key, _sample_input(name, in_channels), train=False)["params"][head]
+        params = model.init(key, _sample_input(name, in_channels), train=False)["params"]
+        return {layer: v for layer, v in params.items() if heads.is_head_layer(layer, head)}
 
-    return {("params", head, k): v for k, v in init_head(jax.random.key(seed)).items()}
+    layers = init_head(jax.random.key(seed))
+    return {
+        ("params", layer, leaf): v for layer, leaves in layers.items() for leaf, v in leaves.items()
+    }
 
 
-def to_torchvision(name: str, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def to_torchvision(
+    name: str, variables: Mapping[str, Any], *, head: str | Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
     """Converts Flax variables of `create_model(name, ...)` into a torchvision state_dict.
 
     Example:
@@ -509,10 +562,13 @@ def to_torchvision(name: str, variables: Mapping[str, Any]) -> dict[str, np.ndar
     Args:
       name: architecture name.
       variables: {'params': ..., 'batch_stats': ...} (other collections are ignored).
+      head: the head spec the model was built with, if any; its Linear layers become the
+        Sequential's keys (`fc.1.weight`, `fc.4.weight`).
 
     Returns:
       {torch key: numpy array}, accepted by `torchvision.models.<name>(num_classes=...)
-      .load_state_dict({k: torch.from_numpy(v) ...}, strict=True)`; num_batches_tracked is 0.
+      .load_state_dict({k: torch.from_numpy(v) ...}, strict=True)` (with the head spec's
+      nn.Sequential in place of the head); num_batches_tracked is 0.
 
     Raises:
       ConversionError: the variables are not those of `name` (keys or shapes named).
@@ -520,11 +576,13 @@ def to_torchvision(name: str, variables: Mapping[str, Any]) -> dict[str, np.ndar
     flat = {
         k: v for k, v in flatten_tree({c: variables.get(c, {}) for c in ("params", "batch_stats")})
     }
-    head_kernel = flat.get(("params", head_module(name), "kernel"))
+    spec = heads.canonical(head)
+    head_kernel = flat.get(("params", heads.output_layer(head_module(name), spec), "kernel"))
     num_classes = int(head_kernel.shape[-1]) if head_kernel is not None else 1000
     stem_kernel = flat.get(("params", model_info(name).stem, "kernel"))
     in_channels = int(stem_kernel.shape[2]) if stem_kernel is not None else 3
-    targets = _target_shapes(name, num_classes, in_channels=in_channels)
+    model_items = (("head", spec),) if spec else ()
+    targets = _target_shapes(name, num_classes, model_items, in_channels)
     missing = [flax_to_torch_key(k) for k in targets if k not in flat]
     unexpected = ["/".join(k) for k in flat if k not in targets]
     mismatched = [
@@ -533,10 +591,16 @@ def to_torchvision(name: str, variables: Mapping[str, Any]) -> dict[str, np.ndar
         if k in targets and tuple(np.shape(v)) != targets[k].shape
     ]
     if missing or unexpected or mismatched:
+        head_name = head_module(name)
+        custom = sorted({k[1] for k in flat if k[1] != head_name
+                         and heads.is_head_layer(k[1], head_name)})  # fmt: skip
+        hint = ""
+        if custom and not spec:
+            hint = f"; they have a custom head ({', '.join(custom)}): pass its spec, head="
         raise ConversionError(
             f"{name}: variables do not fit: {len(missing)} missing ({_examples(missing)}), "
             f"{len(unexpected)} unexpected ({_examples(unexpected)}), "
-            f"{len(mismatched)} mismatched ({_examples(mismatched, 2)})",
+            f"{len(mismatched)} mismatched ({_examples(mismatched, 2)}){hint}",
             missing, unexpected, mismatched,
         )  # fmt: skip
 

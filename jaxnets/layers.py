@@ -41,6 +41,21 @@ def torch_default_bias(fan_in: int) -> Initializer:
     return init
 
 
+def torch_linear(
+    x: jax.Array, features: int, name: str, dtype: Dtype | None, param_dtype: Dtype
+) -> jax.Array:
+    """An nn.Linear at torch's default initialization, applied to x (inside a compact
+    method: the Dense is created in the calling module's scope)."""
+    return nn.Dense(
+        features,
+        kernel_init=torch_default_kernel,
+        bias_init=torch_default_bias(x.shape[-1]),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )(x)
+
+
 def pad2(p: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """Symmetric (torch-style) spatial padding of p pixels on every side."""
     return ((p, p), (p, p))

@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxnets.layers import flatten_nchw, torch_default_bias, torch_default_kernel
+from jaxnets import heads
+from jaxnets.layers import flatten_nchw, torch_default_bias, torch_default_kernel, torch_linear
+from jaxnets.nodes import tap
 from jaxnets.registry import ModelInfo, register_model
 
 _ACTIVATIONS = {"tanh": jnp.tanh, "relu": nn.relu}
@@ -31,16 +33,17 @@ class LeNet5(nn.Module):
       num_classes: units of the output layer.
       activation: "tanh" or "relu", after every layer but the last.
       dtype: compute dtype; parameters stay in param_dtype.
+      head: a head spec (jaxnets.heads) replacing `classifier.4`; None: the Linear.
     """
 
     num_classes: int = 10
     activation: str = "tanh"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    head: heads.HeadSpec | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        del train  # no BatchNorm, no dropout
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"lenet5: activation {self.activation!r}: expected tanh or relu")
         if x.shape[1:3] != (32, 32):
@@ -58,29 +61,30 @@ class LeNet5(nn.Module):
                 param_dtype=self.param_dtype,
                 name=f"features_{index}",
             )(x)
-            x = nn.avg_pool(act(x), (2, 2), strides=(2, 2))
-        x = flatten_nchw(x)  # torch's C, H, W order: 16 x 5 x 5
-        for index, features in ((0, 120), (2, 84), (4, self.num_classes)):
-            if index:
-                x = act(x)
-            x = nn.Dense(
-                features,
-                kernel_init=torch_default_kernel,
-                bias_init=torch_default_bias(x.shape[-1]),
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name=f"classifier_{index}",
-            )(x)
-        return x
+            x = tap(self, f"features.{index}", x)
+            x = tap(self, f"features.{index + 1}", act(x))
+            x = tap(self, f"features.{index + 2}", nn.avg_pool(x, (2, 2), strides=(2, 2)))
+        x = tap(self, "flatten", flatten_nchw(x))  # torch's C, H, W order: 16 x 5 x 5
+        linear = lambda x, n, name: torch_linear(x, n, name, self.dtype, self.param_dtype)
+        for index, features in ((0, 120), (2, 84)):
+            x = tap(self, f"classifier.{index}", linear(x, features, f"classifier_{index}"))
+            x = tap(self, f"classifier.{index + 1}", act(x))
+        return heads.apply_head(
+            self, x, spec=self.head, name="classifier_4", num_classes=self.num_classes,
+            train=train, default_head=lambda x: linear(x, self.num_classes, "classifier_4"),
+            dtype=self.dtype, param_dtype=self.param_dtype,
+        )  # fmt: skip
 
 
 INFO = ModelInfo(
     head="classifier_4",
     stem="features_0",
-    options=("activation",),
+    options=("activation", "head"),
     input_size=32,
     min_input_size=32,
     fixed_input_size=True,
+    feature_stages=("features.2", "features.5"),  # the two subsamplings, S2 and S4
+    stage_reductions=(2, 4),
 )
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from flax import linen as nn
+
+from jaxnets import heads, nodes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +30,11 @@ class ModelInfo:
         there).
       min_input_size: the smallest square input it accepts.
       fixed_input_size: it accepts input_size only (no adaptive pooling before its classifier).
+      feature_stages: the torchvision modules whose outputs `features_only` returns, shallow to
+        deep: the stem and the four stages of a ResNet, each max-pool stage of VGG or AlexNet.
+      stage_reductions: the stride of each stage's output relative to the input; empty: input
+        size over map size at input_size (exact where every layer pads to size / stride).
+      stem_modules: the Flax modules `freeze="stem"` names.
     """
 
     head: str
@@ -39,6 +46,9 @@ class ModelInfo:
     input_size: int = 224
     min_input_size: int = 1
     fixed_input_size: bool = False
+    feature_stages: tuple[str, ...] = ()
+    stage_reductions: tuple[int, ...] = ()
+    stem_modules: tuple[str, ...] = ()
 
 
 Builder = Callable[..., nn.Module]
@@ -71,25 +81,80 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown model {name!r}{hint} (jaxnets.list_models() lists all)")
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
+def create_model(
+    name: str,
+    /,
+    *,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    **kwargs,
+) -> nn.Module:
     """Builds the Flax module for a registered architecture.
 
     Example:
       >>> model = jaxnets.create_model("resnet50", num_classes=10, dtype=jnp.bfloat16)
       >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)
+      >>> backbone = jaxnets.create_model("resnet50", features_only=True, out_indices=(2, 3, 4))
+      >>> c3, c4, c5 = backbone.apply(variables, images_nhwc)  # strides 8, 16, 32
 
     Args:
       name: a name from `list_models()`, e.g. "resnet50".
-      **kwargs: the builder's options (num_classes, dropout, zero_init_residual, dtype, ...).
+      features_only: return the model without its head, whose output is the list of its
+        feature stages' maps (NHWC), as timm's features_only; `feature_info(name)` describes
+        them. It takes the full model's variables.
+      out_indices: which stages features_only returns (default: all; negative counts from the
+        deepest).
+      **kwargs: the builder's options (num_classes, dropout, zero_init_residual, dtype, head,
+        ...), and Flax's `name` of the module inside a larger one.
 
     Returns:
       The (unbound) flax.linen Module.
 
     Raises:
-      ValueError: for an unknown name, naming the closest registered ones.
+      ValueError: for an unknown name, naming the closest registered ones; an option the
+        architecture lacks; a head spec that does not parse; out_indices out of range.
     """
     _check_name(name)
-    return _BUILDERS[name](**kwargs)
+    if kwargs.get("head") is not None:
+        kwargs["head"] = heads.canonical(kwargs["head"])
+    if "frozen" in kwargs:
+        kwargs["frozen"] = tuple(kwargs["frozen"])
+    if not features_only:
+        if out_indices is not None:
+            raise ValueError(f"{name}: out_indices is an option of features_only=True")
+        return _BUILDERS[name](**kwargs)
+    stages = _INFO[name].feature_stages
+    queries = [stages[i] for i in stage_indices(name, out_indices)]
+    module_name = kwargs.pop("name", None)  # the extractor's: it holds the model's variables
+    model = _BUILDERS[name](**kwargs)
+    remat = kwargs.get("remat", False)
+    return nodes.extractor(model, name, sample_shape(name), queries, remat=remat, name=module_name)
+
+
+def stage_indices(name: str, out_indices: Sequence[int] | None) -> list[int]:
+    """The feature stages `out_indices` picks (all by default), in their order.
+
+    Raises:
+      ValueError: an index out of range, naming the valid ones.
+    """
+    count = len(model_info(name).feature_stages)
+    if out_indices is None:
+        return list(range(count))
+    if isinstance(out_indices, int) or not len(out_indices):
+        raise ValueError(f"{name}: out_indices={out_indices!r}: expected a non-empty sequence")
+    wrong = [i for i in out_indices if not -count <= i < count]
+    if wrong:
+        raise ValueError(
+            f"{name}: out_indices {tuple(out_indices)}: index {wrong[0]} is out of range; "
+            f"{name} has {count} feature stages, 0..{count - 1} (jaxnets.feature_info lists them)"
+        )
+    return [i % count for i in out_indices]
+
+
+def sample_shape(name: str) -> tuple[int, int, int, int]:
+    """One RGB image of the architecture's own size (ModelInfo.input_size), NHWC."""
+    size = model_info(name).input_size
+    return (1, size, size, 3)
 
 
 def list_models() -> list[str]:

@@ -2,7 +2,7 @@
 
 Submodule names follow torchvision's state_dict keys: `conv1`, `bn1`, `layer2_0` (torchvision's
 `layer2.0`), its `conv1`..`conv3`, `bn1`..`bn3`, `downsample_0` (conv) and `downsample_1` (BN),
-and `fc`.
+and `fc`. Every value torchvision's FX graph names is tapped under that name (jaxnets.nodes).
 """
 
 from __future__ import annotations
@@ -14,15 +14,17 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxnets import heads
 from jaxnets.layers import (
     BatchNorm,
     PointwiseConv,
     kaiming_normal_fan_out,
     max_pool,
     pad2,
-    torch_default_bias,
-    torch_default_kernel,
+    torch_linear,
 )
+from jaxnets.names import torch_module
+from jaxnets.nodes import tap
 from jaxnets.registry import ModelInfo, register_model
 
 ModuleDef = Any
@@ -39,18 +41,20 @@ class BasicBlock(nn.Module):
     zero_init_residual: bool = False
 
     expansion = 1
+    output_node = "relu_1"  # tapped by the ResNet (see there)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-        out = self.conv(self.planes, (3, 3), self.stride, pad2(1), name="conv1")(x)
-        out = nn.relu(self.norm(name="bn1")(out, not train))
-        out = self.conv(self.planes, (3, 3), 1, pad2(1), name="conv2")(out)
-        out = self.norm(scale_init=last_scale, name="bn2")(out, not train)
-        if self.downsample:
-            x = self.conv(self.planes, (1, 1), self.stride, pad2(0), name="downsample_0")(x)
-            x = self.norm(name="downsample_1")(x, not train)
-        return nn.relu(out + x)
+        out = tap(
+            self, "conv1", self.conv(self.planes, (3, 3), self.stride, pad2(1), name="conv1")(x)
+        )
+        out = tap(self, "bn1", self.norm(name="bn1")(out, not train))
+        out = tap(self, "relu", nn.relu(out))
+        out = tap(self, "conv2", self.conv(self.planes, (3, 3), 1, pad2(1), name="conv2")(out))
+        out = tap(self, "bn2", self.norm(scale_init=last_scale, name="bn2")(out, not train))
+        x = _downsample(self, x, self.planes, train) if self.downsample else x
+        return nn.relu(tap(self, "add", out + x))
 
 
 class Bottleneck(nn.Module):
@@ -67,14 +71,16 @@ class Bottleneck(nn.Module):
     dilation: int = 1
 
     expansion = 4
+    output_node = "relu_2"  # tapped by the ResNet (see there)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
         width = int(self.planes * (self.base_width / 64.0)) * self.groups
         out_features = self.planes * self.expansion
-        out = self.conv(width, (1, 1), 1, pad2(0), name="conv1")(x)
-        out = nn.relu(self.norm(name="bn1")(out, not train))
+        out = tap(self, "conv1", self.conv(width, (1, 1), 1, pad2(0), name="conv1")(x))
+        out = tap(self, "bn1", self.norm(name="bn1")(out, not train))
+        out = tap(self, "relu", nn.relu(out))
         out = self.conv(
             width,
             (3, 3),
@@ -84,13 +90,20 @@ class Bottleneck(nn.Module):
             feature_group_count=self.groups,
             name="conv2",
         )(out)
-        out = nn.relu(self.norm(name="bn2")(out, not train))
-        out = self.conv(out_features, (1, 1), 1, pad2(0), name="conv3")(out)
-        out = self.norm(scale_init=last_scale, name="bn3")(out, not train)
-        if self.downsample:
-            x = self.conv(out_features, (1, 1), self.stride, pad2(0), name="downsample_0")(x)
-            x = self.norm(name="downsample_1")(x, not train)
-        return nn.relu(out + x)
+        out = tap(self, "conv2", out)
+        out = tap(self, "bn2", self.norm(name="bn2")(out, not train))
+        out = tap(self, "relu_1", nn.relu(out))
+        out = tap(self, "conv3", self.conv(out_features, (1, 1), 1, pad2(0), name="conv3")(out))
+        out = tap(self, "bn3", self.norm(scale_init=last_scale, name="bn3")(out, not train))
+        x = _downsample(self, x, out_features, train) if self.downsample else x
+        return nn.relu(tap(self, "add", out + x))
+
+
+def _downsample(block: nn.Module, x: jax.Array, features: int, train: bool) -> jax.Array:
+    """The shortcut's strided 1x1 convolution and BatchNorm (torchvision's `downsample`)."""
+    x = block.conv(features, (1, 1), block.stride, pad2(0), name="downsample_0")(x)
+    x = tap(block, "downsample.0", x)
+    return tap(block, "downsample.1", block.norm(name="downsample_1")(x, not train))
 
 
 class ResNet(nn.Module):
@@ -109,6 +122,10 @@ class ResNet(nn.Module):
       remat: recompute each residual block's activations in the backward pass instead of
         keeping them (jax.checkpoint): less memory for large batches, about a third more
         compute. Parameter names and numerics are unchanged.
+      head: a head spec (jaxnets.heads) replacing `fc` with an MLP; None: torchvision's `fc`.
+      frozen: top-level submodules (`bn1`, `layer1_0`, ...) whose BatchNorm layers keep their
+        running statistics in training mode, as the frozen part of a fine-tuned model should
+        (jaxnets.frozen_modules resolves torchvision names to these).
     """
 
     block: type[nn.Module]
@@ -122,6 +139,8 @@ class ResNet(nn.Module):
     param_dtype: Any = jnp.float32
     bn_batch_groups: int = 1
     remat: bool = False
+    head: heads.HeadSpec | None = None
+    frozen: tuple[str, ...] = ()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -142,9 +161,10 @@ class ResNet(nn.Module):
             bottleneck_options = {"groups": self.groups, "base_width": self.width_per_group}
 
         x = x.astype(self.dtype)
-        x = conv(64, (7, 7), 2, pad2(3), name="conv1")(x)
-        x = nn.relu(norm(name="bn1")(x, not train))
-        x = max_pool(x, 3, stride=2, padding=1)
+        x = tap(self, "conv1", conv(64, (7, 7), 2, pad2(3), name="conv1")(x))
+        x = tap(self, "bn1", norm(name="bn1")(x, not self._trains("bn1", train)))
+        x = tap(self, "relu", nn.relu(x))
+        x = tap(self, "maxpool", max_pool(x, 3, stride=2, padding=1))
 
         # static_argnums counts self: `train` (argument 2) selects the BatchNorm mode.
         block = nn.remat(self.block, static_argnums=(2,)) if self.remat else self.block
@@ -160,6 +180,7 @@ class ResNet(nn.Module):
                 if self.block is Bottleneck:
                     # torchvision gives the first block of a stage the previous dilation.
                     bottleneck_options["dilation"] = previous_dilation if i == 0 else dilation
+                name = f"layer{stage + 1}_{i}"
                 x = block(
                     planes,
                     conv=conv,
@@ -167,21 +188,26 @@ class ResNet(nn.Module):
                     stride=stride if i == 0 else 1,
                     downsample=i == 0 and (stride != 1 or in_features != out_features),
                     zero_init_residual=self.zero_init_residual,
-                    name=f"layer{stage + 1}_{i}",
+                    name=name,
                     **bottleneck_options,
-                )(x, train)
+                )(x, self._trains(name, train))
+                # The block's last node is tapped here, outside it: a value kept from inside
+                # a rematerialized block would be a tracer of jax.checkpoint's inner trace.
+                x = tap(self, f"{torch_module(name)}.{self.block.output_node}", x)
                 in_features = out_features
 
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(
-            self.num_classes,
-            kernel_init=torch_default_kernel,
-            bias_init=torch_default_bias(x.shape[-1]),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="fc",
-        )(x)
+        x = tap(self, "avgpool", jnp.mean(x, axis=(1, 2), keepdims=True))
+        x = tap(self, "flatten", x.reshape(x.shape[0], -1))
+        fc = lambda x: torch_linear(x, self.num_classes, "fc", self.dtype, self.param_dtype)
+        x = heads.apply_head(
+            self, x, spec=self.head, name="fc", num_classes=self.num_classes, train=train,
+            default_head=fc, dtype=self.dtype, param_dtype=self.param_dtype,
+        )  # fmt: skip
         return x.astype(jnp.promote_types(jnp.float32, self.dtype))  # logits in >= float32
+
+    def _trains(self, module: str, train: bool) -> bool:
+        """Training-mode BatchNorm for `module`: unless it is frozen."""
+        return train and module not in self.frozen
 
 
 def _conv(features, kernel_size, strides, padding, **kwargs) -> nn.Module:
@@ -201,7 +227,9 @@ INFO = ModelInfo(
     residual_blocks=True,
     batch_norm=True,
     options=("zero_init_residual", "groups", "width_per_group", "replace_stride_with_dilation",
-             "bn_batch_groups", "remat"),
+             "bn_batch_groups", "remat", "head", "frozen"),
+    feature_stages=("relu", "layer1", "layer2", "layer3", "layer4"),
+    stem_modules=("conv1", "bn1"),
 )  # fmt: skip
 
 

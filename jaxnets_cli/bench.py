@@ -14,6 +14,11 @@ update, BatchNorm statistics), inference, compile time and peak device memory:
   model was built, read after its warm-up steps (before the next framework runs); not
   measured on CPU.
 
+With freeze (`--freeze backbone`, any value of the training config's `freeze`), every
+framework also runs a fine-tuning step with those layers frozen, in the same rounds: jaxnets
+as `python -m train --config.freeze=...` runs it (no gradient, no optimizer state, BatchNorm
+statistics held), torch with requires_grad off and the frozen modules in eval mode.
+
 Throughput is images per second over timed steps after warm-up steps, each step synchronized.
 With rounds > 1 the frameworks take turns (each round times every framework's train and
 inference steps once) and rows report the median round, so that a machine whose speed drifts
@@ -44,6 +49,7 @@ class BenchSettings:
     frameworks: tuple[str, ...] = ("jaxnets", "torch", "torch.compile")
     remat: bool = False
     rounds: int = 1
+    freeze: str = ""  # also run each framework with these layers frozen
 
 
 @dataclasses.dataclass
@@ -68,9 +74,9 @@ def _timed(fn, steps: int, warmup: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def jaxnets_runner(name: str, s: BenchSettings) -> Runner:
+def jaxnets_runner(name: str, s: BenchSettings, freeze: str = "") -> Runner:
     """The train step `python -m train` runs (train/steps.py, the optimizer of train/optim.py
-    at the default config), on one device."""
+    at the default config, `freeze` as config.freeze), on one device."""
     import functools
 
     import jax
@@ -85,7 +91,10 @@ def jaxnets_runner(name: str, s: BenchSettings) -> Runner:
 
     config = base_config().unlock()
     config.update(
-        model=name, dtype=s.dtype, remat=s.remat and jaxnets.model_info(name).residual_blocks
+        model=name,
+        dtype=s.dtype,
+        remat=s.remat and jaxnets.model_info(name).residual_blocks,
+        freeze=freeze,
     )
     model = create_model(config, num_classes=1000, device_count=1)
     rng = np.random.default_rng(0)
@@ -128,9 +137,12 @@ def _xla_step_memory(compiled) -> int | None:
                + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)  # fmt: skip
 
 
-def torch_runner(name: str, s: BenchSettings, compiled: bool) -> Runner:
+def torch_runner(name: str, s: BenchSettings, compiled: bool, freeze: str = "") -> Runner:
     import torch
     import torchvision
+
+    import jaxnets
+    from jaxnets.names import torch_module
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":  # memory held by the frameworks measured before this one
@@ -145,8 +157,19 @@ def torch_runner(name: str, s: BenchSettings, compiled: bool) -> Runner:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=s.dtype == "bfloat16")
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    model.train()
+    frozen = [model.get_submodule(torch_module(layer))
+              for layer in (jaxnets.frozen_modules(name, freeze) if freeze else ())]  # fmt: skip
+    for module in frozen:
+        module.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+    def train_mode():
+        model.train()
+        for module in frozen:  # BatchNorm statistics held
+            module.eval()
+
+    train_mode()
     forward = torch.compile(model) if compiled else model
 
     def sync():
@@ -171,7 +194,7 @@ def torch_runner(name: str, s: BenchSettings, compiled: bool) -> Runner:
         with torch.no_grad(), autocast:
             inference(images)
         sync()
-        model.train()
+        train_mode()
 
     def peak_mem() -> int | None:
         if device != "cuda":
@@ -205,16 +228,20 @@ def run(settings: BenchSettings) -> list[dict]:
 
 
 def _bench_model(name: str, s: BenchSettings, device: str) -> list[dict]:
-    rows, runners, peak_mem = {}, {}, {}  # by framework
-    for framework in s.frameworks:
+    rows, runners, peak_mem = {}, {}, {}  # by framework (and freeze)
+    variants = [(f, "") for f in s.frameworks]
+    if s.freeze:
+        variants += [(f, s.freeze) for f in s.frameworks]
+    for base, freeze in variants:
+        framework = f"{base} freeze={freeze}" if freeze else base
         rows[framework] = {"framework": framework, "model": name, "batch_size": s.batch_size,
                            "image_size": s.image_size, "dtype": s.dtype,
                            "device": device}  # fmt: skip
         try:
-            if framework == "jaxnets":
-                runner = jaxnets_runner(name, s)
+            if base == "jaxnets":
+                runner = jaxnets_runner(name, s, freeze)
             else:
-                runner = torch_runner(name, s, compiled=framework == "torch.compile")
+                runner = torch_runner(name, s, compiled=base == "torch.compile", freeze=freeze)
             for _ in range(s.warmup):
                 runner.train()
                 runner.infer()
@@ -240,8 +267,9 @@ def _bench_model(name: str, s: BenchSettings, device: str) -> list[dict]:
                    peak_mem=peak_mem[framework])  # fmt: skip
         if s.rounds > 1:
             row.update(train_img_s_rounds=train, infer_img_s_rounds=infer)
-    ours = rows["jaxnets"]
-    for row in rows.values():
+    for framework, row in rows.items():
+        # Each row against jaxnets in the same setting (frozen rows against frozen jaxnets).
+        ours = rows[f"jaxnets freeze={s.freeze}" if "freeze=" in framework else "jaxnets"]
         if "train_img_s" in row and "train_img_s" in ours:
             row["jaxnets_train_ratio"] = ours["train_img_s"] / row["train_img_s"]
             row["jaxnets_infer_ratio"] = ours["infer_img_s"] / row["infer_img_s"]

@@ -25,9 +25,10 @@ class Preprocessing:
     source: str  # where these numbers come from, for the report
 
 
-def load_weights(name: str, weights: str):
-    """(variables, preprocessing, head classes or None) from a tag, a torchvision file, an export
-    or a workdir."""
+def load_weights(name: str, weights: str, head_spec: str | None = None):
+    """(variables, preprocessing, head classes or None, head spec or None) from a tag, a
+    torchvision file (whose custom head is `head_spec`), an export or a workdir (which record
+    their own)."""
     import json
 
     from jaxnets.convert import from_torchvision
@@ -39,37 +40,42 @@ def load_weights(name: str, weights: str):
     if weights in [w.tag for w in known] + ["DEFAULT"]:
         variables, meta = load_pretrained(name, weights)
         head = classes.imagenet_head() if meta.classes is not None else None
-        return variables, Preprocessing(meta.resize, meta.crop, f"torchvision {meta.tag}"), head
+        preprocessing = Preprocessing(meta.resize, meta.crop, f"torchvision {meta.tag}")
+        return variables, preprocessing, head, None
     path = Path(weights)
     if path.is_dir():
         variables, meta = load_variables(path)
         if meta.get("arch") != name:
             raise ValueError(f"{weights} holds {meta.get('arch')}, not {name}")
-        head = classes.directory_head(meta, _head_size(name, variables), export=is_export(path))
+        if meta.get("features_only"):
+            raise ValueError(f"{weights} holds a backbone without its head: nothing to score")
+        spec = meta.get("head")
+        size = _head_size(name, variables, spec)
+        head = classes.directory_head(meta, size, export=is_export(path))
         if "weights" in meta:  # an export of a torchvision tag
             w = meta["weights"]
             preprocessing = Preprocessing(w["resize"], w["crop"], f"torchvision {w['tag']}")
-            return variables, preprocessing, head
+            return variables, preprocessing, head, spec
         config_file = path / CONFIG_FILE
         if config_file.is_file():  # a training workdir: evaluate as training did
             config = json.loads(config_file.read_text())
             preprocessing = Preprocessing(
                 config.get("eval_resize", 0), config["image_size"], f"{config_file}"
             )
-            return variables, preprocessing, head
-        return variables, Preprocessing(256, 224, "default (V1 recipe)"), head
-    variables = from_torchvision(name, path)
+            return variables, preprocessing, head, spec
+        return variables, Preprocessing(256, 224, "default (V1 recipe)"), head, spec
+    variables = from_torchvision(name, path, **({"head": head_spec} if head_spec else {}))
     untrained = any(w.filename == path.name and w.classes is None for w in known)
-    head = (
-        classes.imagenet_head() if _head_size(name, variables) == 1000 and not untrained else None
-    )
-    return variables, preprocessing_for_file(name, path.name), head
+    size = _head_size(name, variables, head_spec)
+    head = classes.imagenet_head() if size == 1000 and not untrained else None
+    return variables, preprocessing_for_file(name, path.name), head, head_spec
 
 
-def _head_size(name: str, variables) -> int:
+def _head_size(name: str, variables, spec: str | None) -> int:
     import jaxnets
+    from jaxnets.heads import canonical, head_classes
 
-    return int(variables["params"][jaxnets.head_module(name)]["kernel"].shape[-1])
+    return head_classes(variables["params"], jaxnets.head_module(name), canonical(spec))
 
 
 def preprocessing_for_file(name: str, filename: str) -> Preprocessing:
@@ -87,30 +93,32 @@ def evaluate(
     name: str, weights: str, data: str, *, batch_size: int = 64, resize: int | None = None,
     crop: int | None = None, compare_torch: bool = False, limit: int = 0, data_dir: str = "",
     antialias: bool = True, compare_antialias: bool = False, by_position: bool = False,
+    head_spec: str | None = None,
 ) -> dict:  # fmt: skip
     """Top-1/top-5 and images/sec of jaxnets (and torchvision) on the evaluation split of `data`
     ('folder:PATH' or 'tfds:NAME'), its labels matched with the head by `map_classes`.
     compare_antialias: also evaluate with the other antialias setting and report how many top-1
-    predictions change. by_position: take dataset labels as output indices, names unchecked."""
+    predictions change. by_position: take dataset labels as output indices, names unchecked.
+    head_spec: the custom head of a torchvision file (exports and workdirs record theirs)."""
     try:
         import torchvision  # noqa: F401  (before tensorflow imports: PORTING.md)
     except ImportError:
         if compare_torch:
             raise
 
-    variables, preprocessing, head = load_weights(name, weights)
+    variables, preprocessing, head, spec = load_weights(name, weights, head_spec)
     if resize is not None:
         preprocessing = dataclasses.replace(preprocessing, resize=resize, source="--resize")
     if crop is not None:
         preprocessing = dataclasses.replace(preprocessing, crop=crop)
     dataset = _eval_dataset(data, data_dir, preprocessing, antialias)
-    head_size = _head_size(name, variables)
+    head_size = _head_size(name, variables, spec)
     # Before compiling anything: a dataset the head cannot score fails at once.
     mapping = classes.map_classes(
         dataset.class_names, head, head_size, by_position=by_position, data=data
     )
-    classifier = _Classifier(name, variables, batch_size, preprocessing.crop)
-    torch_model = _torch_model(name, variables, head_size) if compare_torch else None
+    classifier = _Classifier(name, variables, batch_size, preprocessing.crop, spec)
+    torch_model = _torch_model(name, variables, head_size, spec) if compare_torch else None
 
     def predictions(dataset, torch_model=None) -> _Predictions:
         p = _predict(classifier, torch_model, dataset, batch_size, limit)
@@ -141,14 +149,15 @@ class _Classifier:
     """The model's eval-mode forward pass, compiled up front for one batch shape, so that
     images/sec times every batch and never the compilation."""
 
-    def __init__(self, name: str, variables, batch_size: int, crop: int):
+    def __init__(self, name: str, variables, batch_size: int, crop: int, spec: str | None):
         import jax
         import jax.numpy as jnp
 
         import jaxnets
 
         self.variables = variables
-        model = jaxnets.create_model(name, num_classes=_head_size(name, variables))
+        options = {"head": spec} if spec else {}
+        model = jaxnets.create_model(name, num_classes=_head_size(name, variables, spec), **options)
         example = jnp.zeros((batch_size, crop, crop, 3), jnp.float32)
         with jax.default_matmul_precision("highest"):
             self._forward = (
@@ -227,17 +236,41 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
-def _torch_model(name: str, variables, num_classes: int):
-    """torchvision's model holding the same weights (converted back, bit-exact)."""
+def _torch_model(name: str, variables, num_classes: int, spec: str | None):
+    """torchvision's model holding the same weights (converted back, bit-exact), with the
+    custom head's nn.Sequential in place of its head."""
     import torch
     import torchvision
 
+    import jaxnets
     from jaxnets.convert import to_torchvision
+    from jaxnets.names import torch_module
 
     model = torchvision.models.get_model(name, num_classes=num_classes)
-    state = {k: torch.from_numpy(np.array(v)) for k, v in to_torchvision(name, variables).items()}
-    model.load_state_dict(state, strict=True)
+    if spec:
+        head = torch_module(jaxnets.head_module(name))  # "fc", "classifier.6"
+        in_features = model.get_submodule(head).in_features
+        model.set_submodule(head, torch_head(spec, in_features, num_classes))
+    state = to_torchvision(name, variables, head=spec)
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
     return model.eval()
+
+
+def torch_head(spec: str, in_features: int, num_classes: int):
+    """The nn.Sequential a head spec stands for (jaxnets.heads)."""
+    from torch import nn
+
+    from jaxnets.heads import parse_head
+
+    layers = []
+    for kind, value in parse_head(spec):
+        if kind == "linear":
+            out_features = num_classes if value is None else value
+            layers.append(nn.Linear(in_features, out_features))
+            in_features = out_features
+        else:
+            layers.append(nn.ReLU() if kind == "relu" else nn.Dropout(value))
+    return nn.Sequential(*layers)
 
 
 def torch_images(batch: np.ndarray):

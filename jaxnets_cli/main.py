@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jaxnets", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     _add_models(commands)
+    _add_features(commands)
     _add_convert(commands)
     _add_eval(commands)
     _add_parity(commands)
@@ -54,6 +55,38 @@ def _add_models(commands) -> None:
     models.set_defaults(run=_models)
 
 
+def _add_features(commands) -> None:
+    features = commands.add_parser(
+        "features",
+        help="an architecture's feature stages, or any of its nodes, by torchvision's names",
+        description="jaxnets features NAME [--out-indices I,J | --return-nodes A,B | --nodes] "
+        "[--size H,W]: what features_only or create_feature_extractor returns, with shapes",
+    )
+    features.add_argument("name", help="architecture, e.g. resnet50")
+    features.add_argument("--out-indices", default="", help="feature stages, e.g. 2,3,4")
+    features.add_argument(
+        "--return-nodes", default="", metavar="NODES",
+        help="nodes or modules, e.g. layer2,layer3.1.add,flatten: what each is and its shape",
+    )  # fmt: skip
+    features.add_argument("--nodes", action="store_true", help="every graph node and its shape")
+    features.add_argument("--size", default="", help="input H,W (default: the model's own)")
+    features.add_argument("--head", metavar="SPEC", help="with a custom head (see convert)")
+    features.add_argument("--json", action="store_true", help="print JSON")
+    features.set_defaults(run=_features)
+
+
+def _features(args) -> int:
+    from jaxnets_cli.features import describe, format_rows
+
+    _known_model(args.name)
+    rows = describe(
+        args.name, nodes=args.nodes, return_nodes=args.return_nodes,
+        out_indices=args.out_indices, size=args.size, head=args.head,
+    )  # fmt: skip
+    print(json.dumps(rows) if args.json else format_rows(rows))
+    return 0
+
+
 def _add_convert(commands) -> None:
     convert = commands.add_parser(
         "convert",
@@ -76,6 +109,15 @@ def _add_convert(commands) -> None:
     convert.add_argument(
         "--reinit-head", action="store_true", help="drop a head of another size and start anew"
     )
+    convert.add_argument(
+        "--head", metavar="SPEC",
+        help="the weights' custom head, e.g. dropout:0.5,linear:256,relu,dropout:0.3,linear:N "
+        "(an nn.Sequential in place of fc / classifier.6)",
+    )  # fmt: skip
+    convert.add_argument(
+        "--features-only", action="store_true",
+        help="drop the weights' head, whatever its shape: a backbone for features_only=True",
+    )  # fmt: skip
     convert.set_defaults(run=_convert)
 
 
@@ -116,6 +158,9 @@ def _add_eval(commands) -> None:
         help="take dataset label i as head output i, without matching class names (the counts "
         "must agree): for a dataset whose class names are not the weights' own spelling",
     )  # fmt: skip
+    evaluate.add_argument(
+        "--head", metavar="SPEC", help="the custom head of a torchvision file (see convert)"
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(run=_eval)
 
@@ -156,6 +201,18 @@ def _add_parity(commands) -> None:
     )  # fmt: skip
     parity_train.add_argument("--json", action="store_true", help="print one JSON object")
     parity_train.set_defaults(run=_parity_train)
+    parity_features = parity_kinds.add_parser(
+        "features",
+        help="every graph node against torchvision's create_feature_extractor",
+        description="jaxnets parity features --models resnet50,vgg16|all [--mode eval|train|both]",
+    )
+    parity_features.add_argument("--models", default="all", help="comma-separated, or all")
+    parity_features.add_argument(
+        "--mode", default="eval", choices=["eval", "train", "both"],
+        help="eval: float32 at 97x131; train: batch statistics in float64 at 48x64",
+    )  # fmt: skip
+    parity_features.add_argument("--json", action="store_true", help="print JSON rows")
+    parity_features.set_defaults(run=_parity_features)
 
 
 def _add_bench(commands) -> None:
@@ -182,6 +239,10 @@ def _add_bench(commands) -> None:
         "--remat", action="store_true",
         help="ResNets: recompute residual blocks in the backward pass (other models: ignored)",
     )  # fmt: skip
+    bench.add_argument(
+        "--freeze", default="", metavar="LAYERS",
+        help="also time each framework fine-tuning with these layers frozen (e.g. backbone)",
+    )  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print JSON rows")
     bench.set_defaults(run=_bench)
 
@@ -207,32 +268,52 @@ def _convert(args) -> int:
 
     from jaxnets.convert import from_torchvision, save_state_dict, to_torchvision
     from jaxnets.export import load_variables, save_export
+    from jaxnets.heads import canonical, head_classes
     from jaxnets.pretrained import list_weights, load_pretrained
+    from jaxnets.registry import head_module
 
     _known_model(args.name)
+    canonical(args.head)  # a head spec that does not parse fails before any file is read
     if args.from_jax:
+        if args.head or args.features_only:
+            raise ValueError("--head/--features-only describe torch weights; an export or a "
+                             "workdir records its own head")  # fmt: skip
         variables, meta = load_variables(args.from_jax)
         if meta.get("arch") != args.name:
             raise ValueError(f"{args.from_jax} holds {meta.get('arch')}, not {args.name}")
-        path = save_state_dict(to_torchvision(args.name, variables), args.out)
+        if meta.get("features_only"):
+            raise ValueError(f"{args.from_jax} holds a backbone without its head; torchvision "
+                             "models need one")  # fmt: skip
+        state = to_torchvision(args.name, variables, head=meta.get("head"))
+        path = save_state_dict(state, args.out)
         print(f"wrote {path} ({args.name}, {meta.get('num_classes')} classes)")
         return 0
 
     meta = {"arch": args.name, "source": args.weights}
     tags = [w.tag for w in list_weights(args.name)] + ["DEFAULT"]
     if args.weights in tags:
-        if args.num_classes or args.reinit_head:
-            raise ValueError("--num-classes/--reinit-head apply to a weights file, not a tag")
+        if args.num_classes or args.reinit_head or args.head:
+            raise ValueError(
+                "--num-classes/--reinit-head/--head apply to a weights file, not a tag"
+            )
         variables, weights = load_pretrained(args.name, args.weights)
         meta["weights"] = dataclasses.asdict(weights)
     else:
         variables = from_torchvision(
-            args.name, args.weights, num_classes=args.num_classes, reinit_head=args.reinit_head
-        )
-    meta["num_classes"] = _head_classes(args.name, variables["params"])
+            args.name, args.weights, num_classes=args.num_classes, reinit_head=args.reinit_head,
+            features_only=args.features_only, **({"head": args.head} if args.head else {}),
+        )  # fmt: skip
+    if args.features_only:
+        meta.update(features_only=True, num_classes=None)
+        what = "backbone, no head"
+    else:
+        spec = canonical(args.head)
+        classes = head_classes(variables["params"], head_module(args.name), spec)
+        meta.update(head=args.head, num_classes=classes)
+        what = f"{meta['num_classes']} classes"
     count = sum(math.prod(v.shape) for v in jax.tree.leaves(variables["params"]))
     out = save_export(args.out, variables, meta)
-    print(f"wrote {out} ({args.name}, {meta['num_classes']} classes, {count:,} parameters)")
+    print(f"wrote {out} ({args.name}, {what}, {count:,} parameters)")
     return 0
 
 
@@ -248,8 +329,35 @@ def _eval(args) -> int:
         crop=args.crop, compare_torch=args.compare_torch, limit=args.limit,
         data_dir=args.data_dir, antialias=not args.no_antialias,
         compare_antialias=args.compare_antialias, by_position=args.by_position,
+        head_spec=args.head,
     )  # fmt: skip
     print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
+def _parity_features(args) -> int:
+    _require_train()  # torchvision before tensorflow, wherever that gets imported
+    extras.require("torch", "this command")
+    import torchvision
+
+    from jaxnets.registry import list_models
+    from jaxnets_cli.feature_parity import compare, format_table
+
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    originals = [n for n in list_models() if n in torchvision.models.list_models()]
+    names = originals if names == ["all"] else names
+    for name in names:
+        _known_model(name)
+        if name not in originals:
+            raise ValueError(f"{name} has no torchvision original to compare with")
+    modes = ["eval", "train"] if args.mode == "both" else [args.mode]
+    rows = []
+    for name in names:
+        for mode in modes:
+            rows.append(compare(name, mode))
+            if not args.json:
+                print(format_table(rows[-1:]).splitlines()[-1], file=sys.stderr)  # progress
+    print(json.dumps(rows) if args.json else format_table(rows))
     return 0
 
 
@@ -280,6 +388,10 @@ def _bench(args) -> int:
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     for name in models:
         _known_model(name)
+        if args.freeze:
+            import jaxnets
+
+            jaxnets.frozen_modules(name, args.freeze)  # an unknown layer fails now, in one line
     frameworks = tuple(f.strip() for f in args.frameworks.split(","))
     unknown = set(frameworks) - {"jaxnets", "torch", "torch.compile"}
     if unknown or "jaxnets" not in frameworks:
@@ -290,6 +402,7 @@ def _bench(args) -> int:
         models=models, batch_size=args.batch_size, image_size=args.image_size,
         dtype="bfloat16" if args.dtype == "bf16" else args.dtype, steps=args.steps,
         warmup=args.warmup, frameworks=frameworks, remat=args.remat, rounds=args.rounds,
+        freeze=args.freeze,
     )  # fmt: skip
     rows = run(settings)
     print(json.dumps(rows) if args.json else format_table(rows))
@@ -313,12 +426,6 @@ def _known_model(name: str) -> None:
     from jaxnets.registry import create_model
 
     create_model(name)
-
-
-def _head_classes(name: str, params: dict) -> int:
-    from jaxnets.registry import head_module
-
-    return int(params[head_module(name)]["kernel"].shape[-1])
 
 
 if __name__ == "__main__":

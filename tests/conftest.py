@@ -36,6 +36,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 
 import jaxnets  # noqa: E402
+from jaxnets_cli.feature_parity import randomize_batchnorm, without_inplace_relu  # noqa: E402, F401
 
 # The suite runs with the flags the entry points set (JAXNETS_XLA_FLAGS=0 to test without).
 jaxnets.use_fast_cpu_flags()
@@ -66,20 +67,6 @@ TORCHVISION_PARAMS = {
     "wide_resnet50_2": 68_883_240,
     "wide_resnet101_2": 126_886_696,
 }
-
-
-def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Gives every BatchNorm non-trivial affine parameters and running statistics: the default
-    0/1 values would hide a swapped or dropped mapping."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.normal_(0.0, 0.2, generator=g)
-                m.running_mean.normal_(0.0, 0.2, generator=g)
-                m.running_var.uniform_(0.5, 1.5, generator=g)
-    return model
 
 
 def torchvision_model(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:

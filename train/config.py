@@ -37,7 +37,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment = "none"
     c.crop_padding = 0  # pad_crop's padding; 0: image_size // 8
     c.hflip = False  # random horizontal flips in training
-    c.color_jitter = 0.0  # ColorJitter brightness = contrast = saturation; 0: off
+    # ColorJitter(brightness, contrast, saturation) strengths; 0: that one off.
+    c.color_jitter = (0.0, 0.0, 0.0)
     c.eval_resize = 0  # 0: resize eval images to image_size; N: Resize(N) + CenterCrop
     c.bad_images = "skip"  # folder: skip unreadable files (listed at the end) or 'error'
     c.data_deterministic = True  # tf.data keeps the order (reproducible, resumable)
@@ -73,8 +74,16 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.bn_sync = True  # False: BatchNorm statistics per device, as pmap without axis_name
 
-    c.init_from = ""  # a jaxnets export dir or a torchvision .pth/.safetensors to fine-tune
-    c.freeze_backbone = False  # train only the head (the backbone runs in eval mode)
+    c.init_from = ""  # a jaxnets export, a training workdir or a torchvision .pth/.safetensors
+    # A head spec replacing torchvision's fc / classifier.6 with an MLP (jaxnets.heads), e.g.
+    # "dropout:0.5,linear:256,relu,dropout:0.3,linear:N"; '': torchvision's own head.
+    c.head = ""
+    # Layers kept fixed, by torchvision name ("stem,layer1", "backbone"); freeze_until="layer3"
+    # freezes everything before layer3. Frozen layers get no gradient and no optimizer state,
+    # and their BatchNorm layers keep their running statistics.
+    c.freeze = ""
+    c.freeze_until = ""
+    c.backbone_lr_scale = 1.0  # learning rate of the layers before the head, relative
 
     c.log_every_steps = 20
     c.checkpoint_every_steps = 0  # 0: at the end of every epoch
@@ -100,7 +109,11 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
         (config.dtype in DTYPES, "dtype", f"one of {DTYPES}"),
         (config.augment in AUGMENTATIONS, "augment", f"one of {AUGMENTATIONS}"),
         (config.bad_images in ("skip", "error"), "bad_images", "'skip' or 'error'"),
-        (0 <= config.color_jitter < 1, "color_jitter", "in [0, 1)"),
+        (
+            len(config.color_jitter) == 3 and all(0 <= s < 1 for s in config.color_jitter),
+            "color_jitter",
+            "(brightness, contrast, saturation), each in [0, 1)",
+        ),
         (config.crop_padding >= 0, "crop_padding", ">= 0"),
         (
             config.eval_resize == 0 or config.eval_resize >= config.image_size,
@@ -126,6 +139,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
         (config.keep_checkpoints > 0, "keep_checkpoints", "> 0"),
         (config.log_every_steps > 0, "log_every_steps", "> 0"),
         (not config.nesterov or config.momentum > 0, "nesterov", "used with momentum > 0"),
+        (config.backbone_lr_scale > 0, "backbone_lr_scale", "> 0"),
         (
             not config.remat or jaxnets.model_info(config.model).residual_blocks,
             "remat",
@@ -135,8 +149,26 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
     for ok, key, expected in checks:
         if not ok:
             raise ConfigError(f"config.{key}={getattr(config, key)!r}: expected {expected}")
+    _check_head_and_freeze(config)
     for key in ("batch_size", "eval_batch_size"):
         if config[key] % device_count:
             raise ConfigError(
                 f"config.{key}={config[key]} is not divisible by the {device_count} devices"
             )
+
+
+def _check_head_and_freeze(config) -> None:
+    """The head spec parses and the freeze names are layers of the model (jaxnets' messages,
+    prefixed with the key)."""
+    import jaxnets
+
+    try:
+        jaxnets.parse_head(config.head) if config.head else None
+    except ValueError as e:
+        raise ConfigError(f"config.head: {e}") from None
+    options = {"head": config.head} if config.head else {}
+    try:
+        jaxnets.frozen_modules(config.model, config.freeze, config.freeze_until or None, **options)
+    except ValueError as e:
+        key = "freeze" if config.freeze else "freeze_until"
+        raise ConfigError(f"config.{key}: {e}") from None

@@ -52,13 +52,19 @@ def _decay_groups(params) -> dict[str, object]:
     return traverse_util.unflatten_dict(labels)
 
 
-def make_optimizer(config, steps_per_epoch: int, trainable=None) -> optax.GradientTransformation:
-    """clip (optional) -> weight decay per group -> SGD momentum/Nesterov -> learning rate.
+def make_optimizer(config, steps_per_epoch: int, in_head=None) -> optax.GradientTransformation:
+    """clip (optional) -> weight decay per group -> SGD momentum/Nesterov -> learning rate ->
+    config.backbone_lr_scale on the layers before the head.
+
+    The scale comes last: torch's SGD keeps its momentum buffer in gradient units and
+    multiplies by the learning rate at the end, so a parameter group of learning rate
+    lr * scale is exactly the shared update times scale.
 
     Args:
       config: the training config.
       steps_per_epoch: for the schedule.
-      trainable: optional function params -> pytree of bools; False leaves are frozen.
+      in_head: for backbone_lr_scale, a function telling a top-level module of the head
+        (`fc`, `fc_4`) from one of the backbone.
     """
     decay = {
         "weight": config.weight_decay,
@@ -76,10 +82,15 @@ def make_optimizer(config, steps_per_epoch: int, trainable=None) -> optax.Gradie
             steps.append(optax.add_decayed_weights(rate, mask))
     schedule = learning_rate_schedule(config, steps_per_epoch)
     steps.append(optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov))
-    optimizer = optax.chain(*steps)
-    if trainable is not None:
-        labels = lambda p: jax.tree.map(lambda t: "train" if t else "freeze", trainable(p))
-        optimizer = optax.multi_transform(
-            {"train": optimizer, "freeze": optax.set_to_zero()}, labels
-        )
-    return optimizer
+    if config.backbone_lr_scale != 1.0:
+
+        def labels(params):
+            groups = {}
+            for layer, value in params.items():
+                group = "head" if in_head(layer) else "backbone"
+                groups[layer] = jax.tree.map(lambda _, g=group: g, value)
+            return groups
+
+        scales = {"head": optax.identity(), "backbone": optax.scale(config.backbone_lr_scale)}
+        steps.append(optax.multi_transform(scales, labels))
+    return optax.chain(*steps)

@@ -25,12 +25,12 @@ def normalize(images, mean, std):
 
 def loss_and_logits(
     apply_fn, params, batch_stats, images, labels, *, num_classes, label_smoothing=0.0,
-    bn_train=True, dropout_key=None,
+    dropout_key=None,
 ):  # fmt: skip
     """Mean cross-entropy of a training-mode forward pass, and (logits, updated BatchNorm
-    statistics). With bn_train=False BatchNorm uses its running statistics (frozen backbone)."""
+    statistics). The model's frozen layers keep their BatchNorm statistics (its `frozen`)."""
     logits, updates = apply_fn(
-        {"params": params, "batch_stats": batch_stats}, images, train=bn_train,
+        {"params": params, "batch_stats": batch_stats}, images, train=True,
         mutable=["batch_stats"], rngs={} if dropout_key is None else {"dropout": dropout_key},
     )  # fmt: skip
     loss = cross_entropy(logits, labels, num_classes, label_smoothing).mean()
@@ -38,22 +38,27 @@ def loss_and_logits(
 
 
 def train_step(
-    state, images, labels, key, *, num_classes, schedule, bn_train=True, label_smoothing=0.0,
-    ema_decay=0.0, mean=None, std=None,
+    state, images, labels, key, *, num_classes, schedule, label_smoothing=0.0, ema_decay=0.0,
+    mean=None, std=None,
 ):  # fmt: skip
     """One SGD step on a global batch: loss, gradient, optimizer update, BatchNorm statistics
     and, with ema_decay, the moving averages. Under a mesh the batch is sharded over 'data' and
     the parameters replicated, so the SPMD partitioner averages the gradients over devices.
 
+    Only the trainable parameters are differentiated: XLA computes no gradient for the frozen
+    layers, and no backward pass through a frozen prefix of the network.
+
     Returns:
       (new state, {'loss', 'top1', 'lr'} of this step, on device).
     """
-    loss_fn = lambda params: loss_and_logits(
-        state.apply_fn, params, state.batch_stats, normalize(images, mean, std), labels,
-        num_classes=num_classes, label_smoothing=label_smoothing, bn_train=bn_train,
-        dropout_key=jax.random.fold_in(key, state.step),
+    loss_fn = lambda trainable: loss_and_logits(
+        state.apply_fn, {**state.params, **trainable}, state.batch_stats,
+        normalize(images, mean, std), labels, num_classes=num_classes,
+        label_smoothing=label_smoothing, dropout_key=jax.random.fold_in(key, state.step),
     )  # fmt: skip
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.trainable()
+    )
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     if ema_decay:
         ema = lambda old, new: jax.tree.map(lambda a, b: ema_decay * a + (1 - ema_decay) * b,

@@ -131,7 +131,7 @@ def compile_steps(config, dataset, state: TrainState, schedule, shardings: Shard
     train = jax.jit(
         functools.partial(
             train_step, num_classes=dataset.num_classes, schedule=schedule,
-            bn_train=not config.freeze_backbone, label_smoothing=config.label_smoothing,
+            label_smoothing=config.label_smoothing,
             ema_decay=config.ema_decay, mean=dataset.mean, std=dataset.std,
         ),
         in_shardings=(replicated, batch, batch, replicated),
@@ -286,7 +286,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     variables = initial_variables(config, model, dataset.image_shape, dataset.num_classes)
     state = create_train_state(config, model, variables, steps_per_epoch)
     meta = checkpoints.describe(config.model, config.dataset, dataset.class_names,
-                                dataset.image_shape)  # fmt: skip
+                                dataset.image_shape, head=config.head or None)  # fmt: skip
     manager = checkpoints.manager(workdir, max_to_keep=config.keep_checkpoints)
     # Replicated first: a restore takes the shardings of the state it is given.
     state = restore_or_keep(manager, jax.device_put(state, shardings.replicated), meta,

@@ -22,7 +22,8 @@ from jaxnets import checkpoints
 CONFIG_FILE = "config.json"
 # What the config alone decides about a run's checkpoints; the class count, known once the
 # dataset is read, is checked on the checkpoint itself (train.restore_or_keep).
-RUN_IDENTITY = ("model", "dataset", "image_size")
+# What a resumed run must share with the saved one (its checkpoints' shapes and meaning).
+RUN_IDENTITY = ("model", "dataset", "image_size", "head", "freeze", "freeze_until")
 _RUN_FILES = (CONFIG_FILE, checkpoints.CHECKPOINT_DIR, "metrics.jsonl", "tensorboard",
               "summary.json", "confusion_matrix.json", "confusion_matrix.png")  # fmt: skip
 WAY_OUT = (
@@ -47,7 +48,7 @@ def check_same_run(config, workdir: Path) -> None:
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{saved_file}: not the JSON a run writes ({e}); {WAY_OUT}") from None
     for key in RUN_IDENTITY:
-        if saved.get(key) != config[key]:
+        if key in saved and saved[key] != config[key]:  # a key the saved run predates: not compared
             raise ValueError(
                 f"{workdir} holds a run of {key}={saved.get(key)!r}, this config has "
                 f"{key}={config[key]!r}; {WAY_OUT}"

@@ -222,3 +222,22 @@ def test_bench_remat_applies_to_resnets_only():
         runner.train()  # AlexNet has no residual blocks: --remat leaves it as it is
         memory[name, remat] = runner.peak_mem()
     assert memory["resnet18", True] < memory["resnet18", False]  # activations not kept
+
+
+def test_bench_freeze_adds_frozen_rows_that_train_only_the_head(capsys):
+    code, out, err = run_cli(
+        capsys, "bench", "--models", "resnet18", "--batch-size", "2", "--image-size", "32",
+        "--steps", "1", "--warmup", "1", "--frameworks", "jaxnets,torch", "--freeze", "backbone",
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    rows = {r["framework"]: r for r in json.loads(out)}
+    assert list(rows) == ["jaxnets", "torch", "jaxnets freeze=backbone", "torch freeze=backbone"]
+    # No momentum or gradient for the backbone: the step's memory shrinks.
+    assert rows["jaxnets freeze=backbone"]["peak_mem"] < 0.6 * rows["jaxnets"]["peak_mem"]
+    frozen_torch = rows["torch freeze=backbone"]
+    assert frozen_torch["jaxnets_train_ratio"] == (
+        rows["jaxnets freeze=backbone"]["train_img_s"] / frozen_torch["train_img_s"]
+    )
+    code, _, err = run_cli(capsys, "bench", "--models", "resnet18", "--freeze", "layer9")
+    assert code == 2 and "no layer 'layer9' to freeze" in err and err.count("\n") == 1

@@ -6,7 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import TORCHVISION_MODELS, nhwc, relative_error, sweep, torchvision_model
+from conftest import (
+    TORCHVISION_MODELS,
+    nhwc,
+    relative_error,
+    sweep,
+    torchvision_model,
+    without_inplace_relu,
+)
+from torchvision.models.feature_extraction import create_feature_extractor
 
 import jaxnets
 from jaxnets.convert import from_torchvision, to_torchvision
@@ -19,30 +27,45 @@ def dropout_free(name):
     return {"dropout": 0.0} if jaxnets.model_info(name).dropout else {}
 
 
+def torch_nodes(torch_model, x, names) -> dict[str, np.ndarray]:
+    """torchvision's create_feature_extractor on the same model: every node, NHWC."""
+    extractor = create_feature_extractor(without_inplace_relu(torch_model), names)
+    with torch.no_grad():
+        values = extractor(x)
+    return {n: nhwc(v) if v.ndim == 4 else v.numpy() for n, v in values.items()}
+
+
 @pytest.mark.float32
 @pytest.mark.parametrize("name", sweep(TORCHVISION_MODELS))
-def test_eval_logits_match_torchvision(name, highest_precision):
+def test_eval_logits_and_every_node_match_torchvision(name, highest_precision):
+    """Logits at 224x224; at 97x131 (odd, non-square, and below VGG's 7x7 and AlexNet's 6x6
+    pooling grids), every node of torchvision's graph, through create_feature_extractor on
+    both sides, each within TOLERANCE of its own largest value."""
     torch_model = torchvision_model(name, num_classes=10).eval()
     variables = from_torchvision(name, torch_model.state_dict())
     model = jaxnets.create_model(name, num_classes=10)
     # Compiled, as users run it (and 2-8x faster here than op-by-op dispatch).
     apply = jax.jit(lambda variables, x: model.apply(variables, x, train=False))
-    # 97x131 is odd, non-square, and below VGG's 7x7 and AlexNet's 6x6 pooling grids.
-    for batch, size in [(1, (224, 224)), (2, (97, 131))]:
-        x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(1))
-        with torch.no_grad():
-            expected = torch_model(x).numpy()
-        actual = apply(variables, jnp.asarray(nhwc(x)))
-        assert relative_error(actual, expected) < TOLERANCE, (
-            size,
-            relative_error(actual, expected),
-        )
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = torch_model(x).numpy()
+    assert relative_error(apply(variables, jnp.asarray(nhwc(x))), expected) < TOLERANCE
+
+    names = jaxnets.node_names(name, num_classes=10)
+    extractor = jaxnets.create_feature_extractor(name, names, num_classes=10)
+    x = torch.randn(2, 3, 97, 131, generator=torch.Generator().manual_seed(1))
+    expected = torch_nodes(torch_model, x, names)
+    actual = jax.jit(extractor.apply)(variables, jnp.asarray(nhwc(x)))
+    errors = {n: relative_error(actual[n], expected[n]) for n in names}
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < TOLERANCE, (worst, errors[worst])
 
 
-# float64 at 224x224: the fast tier checks train-mode BatchNorm on ResNet-18 alone.
+# float64 at 48x64: the fast tier checks train-mode BatchNorm on ResNet-18 alone.
 @pytest.mark.parametrize("name", sweep(TORCHVISION_MODELS, fast=("resnet18",)))
-def test_train_mode_logits_and_running_statistics_match_torchvision(name):
-    """One train-mode forward: batch-statistics logits and updated running_mean/running_var.
+def test_train_mode_nodes_and_running_statistics_match_torchvision(name):
+    """One train-mode forward: every node (the logits among them) and the updated
+    running_mean/running_var, through create_feature_extractor on both sides.
 
     Compared in float64: in float32, train-mode BatchNorm divides by statistics of few samples
     and amplifies summation-order noise with depth (up to ~5e-4 of the logit scale after 150
@@ -53,18 +76,20 @@ def test_train_mode_logits_and_running_statistics_match_torchvision(name):
     with jax.enable_x64(True):
         dtypes = {"dtype": jnp.float64, "param_dtype": jnp.float64, **dropout_free(name)}
         variables = from_torchvision(name, torch_model.state_dict(), **dtypes)
-        model = jaxnets.create_model(name, num_classes=10, **dtypes)
+        names = jaxnets.node_names(name, num_classes=10)
+        extractor = jaxnets.create_feature_extractor(name, names, num_classes=10, **dtypes)
         # Small: XLA:CPU's float64 convolutions are slow. ResNets end on 2x2 maps here, VGG
         # on 1x2, which its adaptive pooling spreads over 7x7; AlexNet needs 63 pixels.
         height = max(48, jaxnets.model_info(name).min_input_size)
         size = (height, height + 16)
         x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(2)).double()
-        expected = torch_model(x).detach().numpy()  # also updates torch's running statistics
-        actual, state = model.apply(
-            variables, jnp.asarray(nhwc(x)), train=True, mutable=["batch_stats"]
-        )
-        assert actual.dtype == jnp.float64
-        assert relative_error(actual, expected) < 1e-9
+        expected = torch_nodes(torch_model, x, names)  # updates torch's running statistics
+        actual, state = jax.jit(
+            lambda v, x: extractor.apply(v, x, train=True, mutable=["batch_stats"])
+        )(variables, jnp.asarray(nhwc(x)))
+        assert actual["fc" if "fc" in names else "classifier.6"].dtype == jnp.float64
+        for n in names:
+            assert relative_error(actual[n], expected[n]) < 1e-9, n
         updated = to_torchvision(name, {**variables, **state})
     for key, value in torch_model.state_dict().items():
         if key.endswith(("running_mean", "running_var")):

@@ -108,6 +108,17 @@ def test_color_adjustments_match_torchvision_uint8(image_folder, name):
         assert np.abs(ours - theirs.numpy()).max() <= 1
 
 
+def test_color_jitter_of_zero_strength_leaves_that_adjustment_out(image_folder):
+    """ColorJitter(0.2, 0.2) has no saturation: a strength of 0 is a factor of exactly 1."""
+    path = next((image_folder / "train").rglob("*.jpg"))
+    image = tf.constant(np.array(Image.open(path).convert("RGB"))[:32, :32])
+    seed = tf.constant([1, 2], tf.int64)
+    unchanged = preprocess.color_jitter(image, seed, (0.0, 0.0, 0.0)).numpy()
+    np.testing.assert_array_equal(unchanged, image.numpy())
+    jittered = preprocess.color_jitter(image, seed, (0.2, 0.2, 0.0)).numpy()
+    assert not np.array_equal(jittered, image.numpy())
+
+
 def test_training_augmentations_are_pure_functions_of_the_seed(image_folder):
     image_bytes = tf.constant(next((image_folder / "train").rglob("*.jpg")).read_bytes())
     for crop, extra in [("random_resized_crop", {}), ("pad_crop", {}), ("none", {})]:

@@ -217,12 +217,14 @@ def random_flip(image, seed):
     return tf.cond(flip, lambda: image[:, ::-1], lambda: image)
 
 
-def color_jitter(image, seed, strength: float):
-    """torchvision ColorJitter(brightness=s, contrast=s, saturation=s) on uint8 tensors: factors
+def color_jitter(image, seed, strengths: tuple[float, float, float]):
+    """torchvision ColorJitter(brightness, contrast, saturation) on uint8 tensors: factors
     uniform in [1 - s, 1 + s], applied in a random order, each result clipped to [0, 255] and
-    truncated to integers as torchvision's uint8 arithmetic does."""
+    truncated to integers as torchvision's uint8 arithmetic does. A strength of 0 gives a
+    factor of 1, which leaves uint8 values as they are: torchvision skips that adjustment."""
     seeds = tf.random.experimental.stateless_split(seed, 4)
-    factors = tf.random.stateless_uniform([3], seeds[0], 1 - strength, 1 + strength)
+    strengths = tf.constant(strengths, tf.float32)
+    factors = tf.random.stateless_uniform([3], seeds[0]) * 2 * strengths + 1 - strengths
     order = tf.argsort(tf.random.stateless_uniform([3], seeds[1]))
     image = tf.cast(image, tf.float32)
     adjust = [

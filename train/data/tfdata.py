@@ -43,7 +43,8 @@ class Augmentation:
       train_crop: 'random_resized_crop' (ImageNet), 'pad_crop' (CIFAR) or 'none' (resize).
       crop_padding: pad_crop's padding (0: image_size // 8, i.e. 4 at 32 pixels).
       hflip: random horizontal flips in training.
-      color_jitter: ColorJitter brightness = contrast = saturation strength (0: off).
+      color_jitter: ColorJitter (brightness, contrast, saturation) strengths, or one for all
+        three (0: off).
       eval_resize: 0 resizes evaluation images to image_size; N > 0 is torchvision's
         Resize(N) + CenterCrop(image_size).
       eval_antialias: False resizes evaluation images without antialiasing (to measure it).
@@ -53,7 +54,7 @@ class Augmentation:
     train_crop: str = "none"
     crop_padding: int = 0
     hflip: bool = False
-    color_jitter: float = 0.0
+    color_jitter: float | tuple[float, float, float] = 0.0
     eval_resize: int = 0
     eval_antialias: bool = True
 
@@ -72,8 +73,11 @@ class Augmentation:
             image = preprocess.resize_to(preprocess.decode_image(image_bytes), size)
         if self.hflip:
             image = preprocess.random_flip(image, flip_seed)
-        if self.color_jitter:
-            image = preprocess.color_jitter(image, jitter_seed, self.color_jitter)
+        strengths = self.color_jitter
+        if isinstance(strengths, int | float):
+            strengths = (strengths,) * 3
+        if any(strengths):
+            image = preprocess.color_jitter(image, jitter_seed, tuple(strengths))
         image.set_shape([size, size, 3])
         return image
 

@@ -25,12 +25,12 @@ demo: $(VENV)/.base
 test: $(VENV)/.test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -n 2 --durations=15
+	$(BIN)/python -m pytest -n 2 --dist worksteal --durations=15
 
 # Every module, one model a family, no subprocess training runs: the loop while editing.
 test-fast: $(VENV)/.test
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n 2 -m "not slow" --durations=10
+	$(BIN)/python -m pytest -n 2 --dist worksteal -m "not slow" --durations=10
 
 # The float32 tolerances on other CPU code paths (docs/tolerances.md).
 test-cpu-variants: $(VENV)/.test

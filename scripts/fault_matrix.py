@@ -539,9 +539,53 @@ def eval_cases(m: Materials) -> list[Case]:
     return [Case("eval", *c) for c in cases]
 
 
+def backbone_cases(m: Materials) -> list[Case]:
+    def tuned(scratch: Path) -> Path:
+        """The tutorial's fine-tuned ResNet-18: fc = Sequential(Dropout, Linear(512, 64),
+        ReLU, Dropout, Linear(64, 4))."""
+        import torch
+
+        state = {k: v for k, v in m.state.items() if not k.startswith("fc.")}
+        state.update({"fc.1.weight": torch.zeros(64, 512), "fc.1.bias": torch.zeros(64),
+                      "fc.4.weight": torch.zeros(4, 64), "fc.4.bias": torch.zeros(4)})  # fmt: skip
+        torch.save(state, scratch / "tuned.pth")
+        return scratch / "tuned.pth"
+
+    def convert(*extra: str):
+        return lambda scratch: JAXNETS + ["convert", "resnet18", "--weights", str(tuned(scratch)),
+                                          "--out", str(scratch / "out"), *extra]  # fmt: skip
+
+    def features(*extra: str):
+        return lambda scratch: JAXNETS + ["features", "resnet50", *extra]
+
+    def train(*extra: str):
+        return lambda scratch: TRAIN + LENET + ["--workdir", str(scratch / "w"), *extra]
+
+    cases = [
+        ("an unknown node", features("--return-nodes", "layer2,layer5"), 2,
+         r"resnet50: unknown node 'layer5'; closest: layer3\.5, layer4, layer3, layer2"),
+        ("out_indices out of range", features("--out-indices", "1,5"), 2,
+         r"index 5 is out of range; resnet50 has 5 feature stages, 0\.\.4"),
+        ("a head spec that does not parse", convert("--head", "dropout:0.5,gelu,linear:N"), 2,
+         r"head spec 'dropout:0\.5,gelu,linear:N': unknown layer 'gelu'"),
+        ("a torch head of other shapes than the spec", convert("--head", "linear:32,relu,linear:N"),
+         2, r"the weights' head \(fc\.1\.weight \(64, 512\), fc\.4\.weight \(4, 64\)\) does "
+         r"not fit head=linear:32,relu,linear:N"),
+        ("a custom torch head without its spec", convert(), 2,
+         r"does not fit torchvision's head \(fc\.weight \(4, 512\)\); pass the head spec"),
+        ("freezing a layer the model lacks", train("--config.freeze=layer1"), 2,
+         r"config\.freeze: lenet5: no layer 'layer1' to freeze"),
+        ("freezing every layer", train("--config.freeze=features,classifier"), 2,
+         r"lenet5: freezing features,classifier leaves nothing to train"),
+        ("a config head spec that does not parse", train("--config.head=linear:N,relu"), 2,
+         r"config\.head: head spec 'linear:N,relu': the last layer must be linear:N"),
+    ]  # fmt: skip
+    return [Case("backbones", *c, check=unchanged) for c in cases]
+
+
 GROUPS = {"weights": weights_cases, "exports": export_cases, "config": config_cases,
           "workdir": workdir_cases, "signals": signal_cases, "data": data_cases,
-          "eval": eval_cases}  # fmt: skip
+          "eval": eval_cases, "backbones": backbone_cases}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------

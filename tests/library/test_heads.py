@@ -45,28 +45,33 @@ def test_a_torch_model_with_the_tutorial_head_converts_and_matches(tuned_resnet5
     )
 
 
-@pytest.mark.parametrize(
-    "name, in_features",
-    [("resnet18", 512), pytest.param("resnet50", 2048, marks=pytest.mark.slow),
-     pytest.param("vgg11", 4096, marks=pytest.mark.slow)],
-)  # fmt: skip
-def test_a_jaxnets_model_with_a_head_loads_strictly_into_the_tutorial_module(name, in_features):
-    model = jaxnets.create_model(name, num_classes=10, head=",".join(SPEC))
-    x = jnp.zeros((1, 32, 32, 3))
-    variables = jax.jit(model.init)(jax.random.key(0), x)
-    state = to_torchvision(name, variables, head=SPEC)
-    torch_model = torchvision_model(name)
-    if name == "vgg11":
-        torch_model.classifier[6] = tutorial_head(in_features)
-        assert "classifier.6.1.weight" in state and "classifier.6.4.bias" in state
-    else:
-        torch_model.fc = tutorial_head(in_features)
+def test_a_jaxnets_model_with_a_head_loads_strictly_into_the_tutorial_module():
+    model = jaxnets.create_model("resnet18", num_classes=10, head=",".join(SPEC))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    state = to_torchvision("resnet18", variables, head=SPEC)
+    torch_model = torchvision_model("resnet18")
+    torch_model.fc = tutorial_head(512)
     torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
     np.testing.assert_array_equal(
-        torch_model.state_dict()["fc.4.weight" if "resnet" in name else
-                                 "classifier.6.4.weight"].numpy(),
-        np.asarray(variables["params"][jaxnets.head_module(name) + "_4"]["kernel"]).T,
-    )  # fmt: skip
+        torch_model.state_dict()["fc.4.weight"].numpy(),
+        np.asarray(variables["params"]["fc_4"]["kernel"]).T,
+    )
+
+
+def test_vgg_heads_replace_classifier_6_both_ways():
+    """classifier[6] = Sequential(...): keys classifier.6.1.weight .. classifier.6.4.bias, Flax
+    modules classifier_6_1 and classifier_6_4; back into the same module strictly, bit for bit."""
+    torch_model = torchvision_model("vgg11")
+    torch_model.classifier[6] = tutorial_head(4096)
+    variables = from_torchvision("vgg11", torch_model.state_dict(), head=SPEC)
+    assert variables["params"]["classifier_6_4"]["kernel"].shape == (256, 10)
+    state = to_torchvision("vgg11", variables, head=SPEC)
+    assert "classifier.6.1.weight" in state and "classifier.6.4.bias" in state
+    fresh = torchvision_model("vgg11", seed=1)
+    fresh.classifier[6] = tutorial_head(4096)
+    fresh.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    for key, value in torch_model.state_dict().items():
+        np.testing.assert_array_equal(fresh.state_dict()[key].numpy(), value.numpy(), err_msg=key)
 
 
 def test_imagenet_weights_get_a_new_head_of_torch_default_init():

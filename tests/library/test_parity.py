@@ -14,7 +14,7 @@ from conftest import (
     torchvision_model,
     without_inplace_relu,
 )
-from torchvision.models.feature_extraction import create_feature_extractor
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 import jaxnets
 from jaxnets.convert import from_torchvision, to_torchvision
@@ -52,6 +52,8 @@ def test_eval_logits_and_every_node_match_torchvision(name, highest_precision):
     assert relative_error(apply(variables, jnp.asarray(nhwc(x))), expected) < TOLERANCE
 
     names = jaxnets.node_names(name, num_classes=10)
+    # torchvision's graph, node for node and in order (the input placeholder `x` aside).
+    assert names == get_graph_node_names(torch_model)[1][1:]
     extractor = jaxnets.create_feature_extractor(name, names, num_classes=10)
     x = torch.randn(2, 3, 97, 131, generator=torch.Generator().manual_seed(1))
     expected = torch_nodes(torch_model, x, names)

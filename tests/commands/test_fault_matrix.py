@@ -28,5 +28,5 @@ def test_an_unknown_group_is_refused_naming_the_groups():
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1].endswith(
         "unknown group(s) ['weigths']; choose from weights, exports, config, workdir, signals, "
-        "data, eval"
+        "data, eval, backbones"
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 from collections.abc import Mapping, Sequence
 
 from jaxnets import heads, nodes
@@ -160,23 +161,26 @@ def _describe(freeze, until) -> str:
 
 def _layers(name: str, model_kwargs) -> list[str]:
     """The top-level Flax modules of `name`, in the order the forward pass reaches them."""
-    seen: dict[str, None] = {}
-    for node in graph(name, **model_kwargs):
-        seen[flax_path(node.name)[0]] = None
-    # Only modules: the graph also holds functions (relu, maxpool, flatten) at the top level.
-    variables = _top_level_variables(name, model_kwargs)
-    return [layer for layer in seen if layer in variables]
+    if model_kwargs.get("head") is not None:  # a list would not be hashable
+        model_kwargs = {**model_kwargs, "head": heads.canonical(model_kwargs["head"])}
+    return list(_cached_layers(name, tuple(sorted(model_kwargs.items()))))
 
 
-def _top_level_variables(name: str, model_kwargs) -> set[str]:
+@functools.lru_cache(maxsize=64)
+def _cached_layers(name: str, model_items: tuple) -> tuple[str, ...]:
     import jax
     import jax.numpy as jnp
 
-    model = create_model(name, **model_kwargs)
+    model = create_model(name, **dict(model_items))
     shapes = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros(sample_shape(name)), train=False)
     )
-    return {layer for collection in shapes.values() for layer in collection}
+    variables = {layer for collection in shapes.values() for layer in collection}
+    seen: dict[str, None] = {}
+    for node in graph(name, **dict(model_items)):
+        seen[flax_path(node.name)[0]] = None
+    # Only modules: the graph also holds functions (relu, maxpool, flatten) at the top level.
+    return tuple(layer for layer in seen if layer in variables)
 
 
 def _named_layers(name: str, item: str, layers: list[str], info) -> list[str]:

@@ -35,8 +35,8 @@ def describe(
         queries = [q.strip() for q in return_nodes.split(",") if q.strip()]
     else:
         indices = _integers(out_indices) if out_indices else None
-        stages = jaxnets.feature_info(name, **options)
-        queries = [stages[i].module for i in jaxnets.registry.stage_indices(name, indices)]
+        stages = {s.module: s for s in jaxnets.feature_info(name, **options)}
+        queries = [list(stages)[i] for i in jaxnets.registry.stage_indices(name, indices)]
     extractor = jaxnets.create_feature_extractor(name, queries, **options)
     model = jaxnets.create_model(name, **options)
     x = jnp.zeros((1, height, width, 3))
@@ -47,8 +47,7 @@ def describe(
         row = {"module": query, "node": resolve(query, graph, name).name,
                "shape": list(shapes[query].shape[1:])}  # fmt: skip
         if not (nodes or return_nodes):
-            stage = next(s for s in jaxnets.feature_info(name, **options) if s.module == query)
-            row.update(index=stage.index, reduction=stage.reduction)
+            row.update(index=stages[query].index, reduction=stages[query].reduction)
         rows.append(row)
     return rows
 

@@ -111,8 +111,8 @@ def create_model(
       The (unbound) flax.linen Module.
 
     Raises:
-      ValueError: for an unknown name, naming the closest registered ones; an option the
-        architecture lacks; a head spec that does not parse; out_indices out of range.
+      ValueError: for an unknown name, naming the closest registered ones; a head spec that
+        does not parse; out_indices out of range.
     """
     _check_name(name)
     if kwargs.get("head") is not None:

@@ -273,7 +273,7 @@ def _convert(args) -> int:
     from jaxnets.registry import head_module
 
     _known_model(args.name)
-    canonical(args.head)  # a head spec that does not parse fails before any file is read
+    spec = canonical(args.head)  # a head spec that does not parse fails before any file is read
     if args.from_jax:
         if args.head or args.features_only:
             raise ValueError("--head/--features-only describe torch weights; an export or a "
@@ -307,7 +307,6 @@ def _convert(args) -> int:
         meta.update(features_only=True, num_classes=None)
         what = "backbone, no head"
     else:
-        spec = canonical(args.head)
         classes = head_classes(variables["params"], head_module(args.name), spec)
         meta.update(head=args.head, num_classes=classes)
         what = f"{meta['num_classes']} classes"

@@ -4,6 +4,7 @@ weights to fine-tune) and the train state that holds them with the optimizer."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -98,8 +99,6 @@ def initial_variables(config, model, image_shape, num_classes: int) -> dict:
 
 
 def _read_init_from(config, num_classes: int) -> dict:
-    from pathlib import Path
-
     from jaxnets.convert import from_torchvision
     from jaxnets.export import load_variables
 

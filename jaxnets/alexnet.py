@@ -10,6 +10,7 @@ from flax import linen as nn
 
 from jaxnets import heads
 from jaxnets.layers import (
+    Conv,
     Dropout,
     adaptive_avg_pool,
     flatten_nchw,
@@ -58,7 +59,7 @@ class AlexNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = x.astype(self.dtype)
         for index, features, kernel, stride, padding, pool in _FEATURES:
-            x = nn.Conv(
+            x = Conv(
                 features,
                 (kernel, kernel),
                 strides=stride,

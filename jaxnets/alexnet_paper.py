@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxnets import heads
-from jaxnets.layers import Dropout, flatten_nchw, local_response_norm, max_pool, pad2
+from jaxnets.layers import Conv, Dropout, flatten_nchw, local_response_norm, max_pool, pad2
 from jaxnets.nodes import tap
 from jaxnets.registry import ModelInfo, register_model
 
@@ -66,7 +66,7 @@ class AlexNetPaper(nn.Module):
         weights = nn.initializers.normal(0.01)
         x = x.astype(self.dtype)
         for index, features, kernel, stride, padding, groups, bias, norm, pool in _FEATURES:
-            x = nn.Conv(
+            x = Conv(
                 features,
                 (kernel, kernel),
                 strides=stride,

@@ -19,7 +19,14 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxnets import heads
-from jaxnets.layers import flatten_nchw, torch_default_bias, torch_default_kernel, torch_linear
+from jaxnets.layers import (
+    Conv,
+    flatten_nchw,
+    pad2,
+    torch_default_bias,
+    torch_default_kernel,
+    torch_linear,
+)
 from jaxnets.nodes import tap
 from jaxnets.registry import ModelInfo, register_model
 
@@ -51,10 +58,10 @@ class LeNet5(nn.Module):
         act = _ACTIVATIONS[self.activation]
         x = x.astype(self.dtype)
         for index, features in ((0, 6), (3, 16)):
-            x = nn.Conv(
+            x = Conv(
                 features,
                 (5, 5),
-                padding="VALID",
+                padding=pad2(0),
                 kernel_init=torch_default_kernel,
                 bias_init=torch_default_bias(x.shape[-1] * 25),
                 dtype=self.dtype,

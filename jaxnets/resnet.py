@@ -17,7 +17,7 @@ from flax import linen as nn
 from jaxnets import heads
 from jaxnets.layers import (
     BatchNorm,
-    PointwiseConv,
+    Conv,
     kaiming_normal_fan_out,
     max_pool,
     pad2,
@@ -149,7 +149,7 @@ class ResNet(nn.Module):
         if self.block is BasicBlock and any(self.replace_stride_with_dilation):
             raise ValueError("dilation > 1 is not supported in BasicBlock")
         conv = functools.partial(
-            _conv, use_bias=False, kernel_init=kaiming_normal_fan_out,
+            Conv, use_bias=False, kernel_init=kaiming_normal_fan_out,
             dtype=self.dtype, param_dtype=self.param_dtype,
         )  # fmt: skip
         norm = functools.partial(
@@ -208,15 +208,6 @@ class ResNet(nn.Module):
     def _trains(self, module: str, train: bool) -> bool:
         """Training-mode BatchNorm for `module`: unless it is frozen."""
         return train and module not in self.frozen
-
-
-def _conv(features, kernel_size, strides, padding, **kwargs) -> nn.Module:
-    """nn.Conv, except 1x1 convolutions, which run as matrix products (see PointwiseConv)."""
-    if tuple(kernel_size) == (1, 1) and kwargs.get("feature_group_count", 1) == 1:
-        if padding != pad2(0):
-            raise ValueError(f"a 1x1 convolution pads nothing, got {padding}")
-        return PointwiseConv(features, strides=strides, **kwargs)
-    return nn.Conv(features, kernel_size, strides=strides, padding=padding, **kwargs)
 
 
 # ResNet, ResNeXt and Wide ResNet: residual blocks, BatchNorm, no dropout; any input of at least

@@ -11,6 +11,7 @@ from flax import linen as nn
 from jaxnets import heads
 from jaxnets.layers import (
     BatchNorm,
+    Conv,
     Dropout,
     adaptive_avg_pool,
     flatten_nchw,
@@ -72,7 +73,7 @@ class VGG(nn.Module):
                 x = tap(self, f"features.{index}", max_pool(x, 2, stride=2))
                 index += 1
                 continue
-            x = nn.Conv(
+            x = Conv(
                 v,
                 (3, 3),
                 padding=pad2(1),

@@ -276,6 +276,65 @@ def _bench_model(name: str, s: BenchSettings, device: str) -> list[dict]:
     return list(rows.values())
 
 
+# `jaxnets bench --matrix`: (image size, batch) cells per model, from the CIFAR/demo shape
+# (32 pixels) to ImageNet's 224, where XLA:CPU's speed against torch differed most.
+MATRIX = {
+    "resnet18": ((32, 64), (64, 32), (64, 16), (96, 16), (128, 16), (224, 8)),
+    "resnet50": ((64, 32), (224, 8)),
+    "vgg16": ((64, 32), (224, 8)),
+}
+
+
+def run_matrix(settings: BenchSettings) -> list[dict]:
+    """run() at every (image size, batch) cell of MATRIX for settings.models (those MATRIX
+    lists; every MATRIX model when settings.models is empty)."""
+    models = settings.models or tuple(MATRIX)
+    rows = []
+    for name in models:
+        for image_size, batch_size in MATRIX[name]:
+            cell = dataclasses.replace(
+                settings, models=(name,), image_size=image_size, batch_size=batch_size
+            )
+            rows.extend(run(cell))
+    return rows
+
+
+def format_matrix(rows: list[dict]) -> str:
+    """One line per (model, image size, batch): each framework's train and inference img/s,
+    and jaxnets' ratio to each other framework."""
+    cells: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        key = (row["model"], row["image_size"], row["batch_size"])
+        cells.setdefault(key, {})[row["framework"]] = row
+    others = [f for f in dict.fromkeys(r["framework"] for r in rows) if f != "jaxnets"]
+    header = ["model", "input, batch", "jaxnets train img/s"]
+    header += [f"{f} train" for f in others] + [f"jaxnets/{f} train" for f in others]
+    header += ["jaxnets infer img/s"] + [f"{f} infer" for f in others]
+    header += [f"jaxnets/{f} infer" for f in others]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+
+    def img_s(row, kind):
+        return (
+            row.get("error", "error")
+            if f"{kind}_img_s" not in row
+            else f"{row[kind + '_img_s']:.1f}"
+        )
+
+    for (model, size, batch), by_framework in cells.items():
+        ours = by_framework["jaxnets"]
+        line = [model, f"{size}x{size}, {batch}"]
+        for kind in ("train", "infer"):
+            line.append(img_s(ours, kind))
+            line += [img_s(by_framework[f], kind) for f in others]
+            line += [
+                f"{by_framework[f][f'jaxnets_{kind}_ratio']:.2f}x"
+                if f"jaxnets_{kind}_ratio" in by_framework[f] else "n/a"
+                for f in others
+            ]  # fmt: skip
+        lines.append("| " + " | ".join(line) + " |")
+    return "\n".join(lines)
+
+
 def _one_line(error: Exception) -> str:
     return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
 

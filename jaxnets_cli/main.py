@@ -221,7 +221,10 @@ def _add_bench(commands) -> None:
         help="train/inference throughput, compile time and memory: jaxnets vs torchvision",
         description="jaxnets bench --models resnet50,vgg16 --batch-size B --image-size S",
     )
-    bench.add_argument("--models", default="resnet50", help="comma-separated architectures")
+    bench.add_argument(
+        "--models", help="comma-separated architectures (default: resnet50; with --matrix, the "
+        "matrix's models)",
+    )  # fmt: skip
     bench.add_argument("--batch-size", type=int, default=16)
     bench.add_argument("--image-size", type=int, default=128)
     bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "bf16"])
@@ -232,8 +235,9 @@ def _add_bench(commands) -> None:
         help="frameworks take turns this many times; rows report the median round",
     )  # fmt: skip
     bench.add_argument(
-        "--frameworks", default="jaxnets,torch,torch.compile",
-        help="any of jaxnets, torch (eager), torch.compile",
+        "--frameworks",
+        help="jaxnets and any of torch (eager), torch.compile (default: all three; with "
+        "--matrix, jaxnets,torch)",
     )  # fmt: skip
     bench.add_argument(
         "--remat", action="store_true",
@@ -242,6 +246,11 @@ def _add_bench(commands) -> None:
     bench.add_argument(
         "--freeze", default="", metavar="LAYERS",
         help="also time each framework fine-tuning with these layers frozen (e.g. backbone)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--matrix", action="store_true",
+        help="every (image size, batch) cell of jaxnets_cli.bench.MATRIX for resnet18, resnet50 "
+        "and vgg16 (or the --models given among them), one line per cell with ratios",
     )  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print JSON rows")
     bench.set_defaults(run=_bench)
@@ -382,16 +391,29 @@ def _parity_train(args) -> int:
 
 def _bench(args) -> int:
     _require_train()
-    from jaxnets_cli.bench import BenchSettings, format_table, run
+    from jaxnets_cli.bench import (
+        MATRIX,
+        BenchSettings,
+        format_matrix,
+        format_table,
+        run,
+        run_matrix,
+    )
 
-    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    models = tuple(m.strip() for m in (args.models or "resnet50").split(",") if m.strip())
+    if args.matrix and args.models is None:
+        models = tuple(MATRIX)
+    elif args.matrix and not set(models) <= set(MATRIX):
+        unknown = ", ".join(sorted(set(models) - set(MATRIX)))
+        raise ValueError(f"--matrix: no cells for {unknown} (the matrix has {', '.join(MATRIX)})")
     for name in models:
         _known_model(name)
         if args.freeze:
             import jaxnets
 
             jaxnets.frozen_modules(name, args.freeze)  # an unknown layer fails now, in one line
-    frameworks = tuple(f.strip() for f in args.frameworks.split(","))
+    default_frameworks = "jaxnets,torch" if args.matrix else "jaxnets,torch,torch.compile"
+    frameworks = tuple(f.strip() for f in (args.frameworks or default_frameworks).split(","))
     unknown = set(frameworks) - {"jaxnets", "torch", "torch.compile"}
     if unknown or "jaxnets" not in frameworks:
         raise ValueError(f"--frameworks {args.frameworks!r}: jaxnets plus torch, torch.compile")
@@ -403,8 +425,9 @@ def _bench(args) -> int:
         warmup=args.warmup, frameworks=frameworks, remat=args.remat, rounds=args.rounds,
         freeze=args.freeze,
     )  # fmt: skip
-    rows = run(settings)
-    print(json.dumps(rows) if args.json else format_table(rows))
+    rows = run_matrix(settings) if args.matrix else run(settings)
+    table = format_matrix(rows) if args.matrix else format_table(rows)
+    print(json.dumps(rows) if args.json else table)
     return 0
 
 

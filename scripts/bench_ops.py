@@ -8,6 +8,12 @@ stem, whose input needs none) of one operation at batch 16 and ResNet's 128x128 
 with jaxlib's own flags (convolutions through YNNPACK), and uses XLA's reduce_window max pool.
 
     python scripts/bench_ops.py [--steps 20]
+
+With --small-maps it times, forward + backward (input and kernel gradients), XLA's
+convolution against jaxnets.layers.conv2d's CPU forms on the small maps where they differ
+(docs/performance.md, "Small maps" and "Grouped convolutions"):
+
+    python scripts/bench_ops.py --small-maps [--steps 10]
 """
 
 from __future__ import annotations
@@ -108,11 +114,69 @@ def torch_times(steps: int) -> dict[str, float]:
     return times
 
 
+# label: (batch, map size, in channels, out channels, stride, groups), 3x3 kernels, padding 1
+SMALL_MAPS = {
+    "1x1, 512->512": (16, 1, 512, 512, 1, 1),
+    "2x2, 512->512": (16, 2, 512, 512, 1, 1),
+    "2x2, 512->512, batch 64": (64, 2, 512, 512, 1, 1),
+    "3x3, 512->512": (16, 3, 512, 512, 1, 1),
+    "4x4, 512->512": (16, 4, 512, 512, 1, 1),
+    "4x4 -> 2x2 stride 2, 256->512, batch 64": (64, 4, 256, 512, 2, 1),
+    "5x5, 512->512, batch 32": (32, 5, 512, 512, 1, 1),
+    "6x6, 512->512, batch 32": (32, 6, 512, 512, 1, 1),
+    "8x8, 256->256, batch 64": (64, 8, 256, 256, 1, 1),
+    "32x32, 128->128 in 32 groups": (16, 32, 128, 128, 1, 32),
+}
+
+
+def small_map_times(steps: int) -> None:
+    """Prints XLA's convolution against conv2d's CPU forms, forward + backward, in ms."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    print("| map, channels (batch 16 unless said) | XLA convolution ms | matrix product ms "
+          "| jaxnets conv2d ms |")  # fmt: skip
+    print("|---|---:|---:|---:|")
+    for label, (n, size, cin, cout, stride, groups) in SMALL_MAPS.items():
+        x = jnp.asarray(rng.standard_normal((n, size, size, cin)), jnp.float32)
+        w = jnp.asarray(rng.standard_normal((3, 3, cin // groups, cout)) * 0.05, jnp.float32)
+        row = [_conv_step_ms(form, x, w, stride, groups, steps) for form in FORMS]
+        print(f"| {label} | " + " | ".join(f"{ms:,.1f}" for ms in row) + " |")
+
+
+# XLA's convolution; the matrix product of the taps at any map size; what conv2d chooses.
+FORMS = ("xla", "matrix", "conv2d")
+
+
+def _conv_step_ms(form: str, x, w, stride: int, groups: int, steps: int) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    from jaxnets import layers
+
+    def loss(x, w):
+        return jnp.sum(layers.conv2d(x, w, stride, layers.pad2(1), 1, groups) ** 2)
+
+    threshold = layers.SMALL_MAP_PIXELS
+    layers.SMALL_MAP_PIXELS = 10**9 if form == "matrix" else threshold  # read when traced
+    try:
+        with layers.forms("xla" if form == "xla" else "cpu"):
+            step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+            step(x, w)
+    finally:
+        layers.SMALL_MAP_PIXELS = threshold
+    return milliseconds(lambda: jax.block_until_ready(step(x, w)), steps)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--small-maps", action="store_true", help="conv2d's CPU forms vs XLA's")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.small_maps:
+        small_map_times(args.steps)
+        return
     if args.child:  # XLA's defaults: started with JAXNETS_XLA_FLAGS=0
         print(json.dumps(jax_times(args.steps, library_pool=False)))
         return

@@ -52,12 +52,12 @@ def small_map_cases():
     cases = []
     for kernel, stride, padding, dilation, groups in convolution_geometries():
         if kernel == (1, 1) and padding == layers.pad2(0):
-            sizes = [(1, 1), (4, 4), (5, 3)]  # the pointwise form: any size
+            sizes = [(1, 1), (5, 3)]  # the pointwise form: any size
         else:
             sizes = [
                 (h, w)
-                for h, w in itertools.product(range(1, 12), repeat=2)
-                if (h == w or (h, w) in ((2, 3), (4, 1)))
+                for h, w in itertools.product(range(1, 9), repeat=2)
+                if (h == w or (h, w) == (2, 3))
                 and 0
                 < _out_pixels((h, w), kernel, stride, padding, dilation)
                 <= layers.SMALL_MAP_PIXELS
@@ -73,7 +73,7 @@ def grouped_cases():
     return [
         ((size, size), kernel, stride, padding, dilation, groups)
         for kernel, stride, padding, dilation, groups in convolution_geometries()
-        for size in (9, 12)  # output maps of 25 pixels and more
+        for size in (9, 10)  # output maps of 25 pixels and more
         if groups > 1
     ]
 
@@ -135,7 +135,14 @@ def test_the_matrix_product_forms_equal_xla_convolution_in_float64():
             return results
 
         with layers.forms("cpu"):
-            results = jax.jit(every_case)(inputs)
+            # LLVM's optimizations take half of this large program's compile time and change
+            # no float64 result beyond rounding; the forms are chosen before them.
+            compiled = (
+                jax.jit(every_case)
+                .lower(inputs)
+                .compile(compiler_options={"xla_backend_optimization_level": 0})
+            )
+            results = compiled(inputs)
             # No XLA convolution in the matrix-product forms. The grouped form keeps its
             # forward pass (printed twice: as the primal and the differentiated forward) and
             # its input gradient; XLA's kernel gradient would be a fourth.

@@ -247,7 +247,11 @@ def test_cpu_and_xla_forms_give_the_same_numbers():
             with layers.forms(kind):  # jit inside: a trace is cached with the forms it used
                 step = jax.jit(jax.grad(loss, has_aux=True))
                 jaxprs[kind] = str(jax.make_jaxpr(step)(variables["params"]))
-                results[kind] = step(variables["params"])
+                # Without LLVM's optimizations: half the compile time, the same float64 sums.
+                compiled = step.lower(variables["params"]).compile(
+                    compiler_options={"xla_backend_optimization_level": 0}
+                )
+                results[kind] = compiled(variables["params"])
     assert "select_and_scatter_add" in jaxprs["xla"] and "select_and_scatter" not in jaxprs["cpu"]
     assert jaxprs["xla"].count("conv_general_dilated") > jaxprs["cpu"].count("conv_general_dilated")
     for ours, reference in zip(

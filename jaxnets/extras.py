@@ -10,6 +10,7 @@ MODULES = {
     "train": ("absl", "ml_collections", "optax", "tensorflow", "tensorflow_datasets", "sklearn",
               "matplotlib", "tqdm", "PIL"),
     "torch": ("torch", "torchvision"),
+    "sweep": ("optuna",),
 }  # fmt: skip
 
 

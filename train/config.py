@@ -93,6 +93,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.resume = True
     c.max_steps = 0  # 0: num_epochs worth; else stop after this many steps (smoke runs)
     c.progress_bar = True
+
+    # python -m train.sweep: the search space and how trials are drawn and pruned (train/sweep/).
+    c.sweep = ml_collections.ConfigDict()
+    # KEY=SPEC strings: "learning_rate=log:1e-4:1e-1", "label_smoothing=0:0.2",
+    # "batch_size=choice:32,64,128"; --space on the command line replaces them.
+    c.sweep.space = ()
+    c.sweep.baseline = True  # a new study's first trial runs this config's own values
+    c.sweep.sampler_startup_trials = 5  # TPE: random draws before it models the results
+    c.sweep.pruner_startup_trials = 3  # median: finished trials before any is pruned
+    c.sweep.pruner_first_epoch = 1  # median: the first epoch after which a trial may be pruned
     return c.lock()
 
 
@@ -150,6 +160,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
         if not ok:
             raise ConfigError(f"config.{key}={getattr(config, key)!r}: expected {expected}")
     _check_head_and_freeze(config)
+    for key in ("sampler_startup_trials", "pruner_startup_trials", "pruner_first_epoch"):
+        if config.sweep[key] < 0:
+            raise ConfigError(f"config.sweep.{key}={config.sweep[key]!r}: expected >= 0")
     for key in ("batch_size", "eval_batch_size"):
         if config[key] % device_count:
             raise ConfigError(

@@ -257,11 +257,18 @@ class Progress:
 # ----------------------------------------------------------------------------------------------
 
 
-def train_and_evaluate(config, workdir: str | Path) -> dict:
+def train_and_evaluate(config, workdir: str | Path, after_epoch=None) -> dict:
     """Trains `config.model` on `config.dataset`, resuming from `workdir` if it holds a run.
 
+    Args:
+      config: the training config (train/config.py).
+      workdir: the run's directory.
+      after_epoch: called as after_epoch(epoch, eval_metrics) after each epoch's evaluation
+        (epochs count from 1; a hyperparameter sweep reports to its pruner there); a true result
+        ends the run after that epoch, with its checkpoint and final report written.
+
     Returns:
-      The summary also written to workdir/summary.json.
+      The summary also written to workdir/summary.json (`stopped_early`: after_epoch ended it).
 
     Raises:
       ConfigError: invalid configuration (before anything compiles).
@@ -305,6 +312,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     key = jax.random.key(config.seed)
     batches = steps_from(first_step, stop_at, steps_per_epoch, dataset, config,
                          shardings.to_device)  # fmt: skip
+    stopped_early = False
     with _StopFlag() as stop:
         for step, images, labels in batches:
             state, step_metrics = p_train_step(state, images, labels, key)
@@ -330,18 +338,22 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
                 save_checkpoint(manager, state, meta)
                 eval_metrics, _, _ = evaluate(p_eval_step, state, dataset, config, shardings)
                 writer.write(done, "eval", eval_metrics)
+                epoch = -(-done // steps_per_epoch)
                 if is_chief:
                     print(
-                        f"epoch {-(-done // steps_per_epoch)}/{config.num_epochs} step {done}: "
+                        f"epoch {epoch}/{config.num_epochs} step {done}: "
                         + " ".join(f"eval_{k} {v:.4f}" for k, v in eval_metrics.items())
                     )
+                if after_epoch is not None and after_epoch(epoch, eval_metrics):
+                    stopped_early = True
+                    break
                 if done < stop_at:
                     timer.resume()
 
     summary = final_report(config, state, dataset, p_eval_step, shardings, workdir, writer,
                            is_chief)  # fmt: skip
     steps = current_step(state)
-    summary.update(steps=steps, epochs=steps / steps_per_epoch,
+    summary.update(steps=steps, epochs=steps / steps_per_epoch, stopped_early=stopped_early,
                    images_per_sec=timer.images_per_sec(), wall_s=time.perf_counter() - start_time,
                    devices=len(devices), processes=jax.process_count())  # fmt: skip
     if is_chief:

@@ -7,16 +7,18 @@ BIN := $(VENV)/bin
 
 # .base: the library and the training program (the [train] extra); .test: all extras.
 # Stamps record what is installed, so a second run skips pip; editing pyproject.toml reinstalls.
+# --no-compile: Python compiles the modules it imports on first use instead of all of
+# torch's and TensorFlow's at install (79 s -> 56 s for .[test] here).
 $(VENV)/.base: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[train]'
+	$(BIN)/pip install -q --no-compile -e '.[train]'
 	touch $@
 
 $(VENV)/.test: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-compile -e '.[test]'
 	touch $@ $(VENV)/.base
 
 demo: $(VENV)/.base

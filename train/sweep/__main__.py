@@ -68,6 +68,9 @@ def main(argv):
     except TrainingInterrupted as e:
         print(f"sweep: {e}; the same command continues the study", file=sys.stderr)
         return 143
+    except KeyboardInterrupt:  # between trials: no trial of this worker's is left running
+        print("sweep: interrupted; the same command continues the study", file=sys.stderr)
+        return 130
     except (OSError, ImportError, optuna.exceptions.OptunaError, _database_error()) as e:
         print(f"sweep: error: {entry.one_line(e)}", file=sys.stderr)
         return 2

@@ -29,7 +29,8 @@ def test_every_config_parses_and_builds_model_and_optimizer(path):
     from train.state import create_model
 
     config = load_config(path)
-    assert "python -m train --config configs/" in path.read_text()  # docstring says how to run
+    how = path.read_text()  # the docstring says how to run it (python -m train or train.sweep)
+    assert re.search(rf"python -m train(\.sweep)? --config configs/{path.name}", how)
     validate(config, device_count=1)
     model = create_model(config, num_classes=10, device_count=1)
     shapes = jax.eval_shape(

@@ -18,6 +18,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from jaxnets import stderr  # noqa: E402
+from train.sweep.study import METRICS, PRUNERS  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "the sweep's directory: study.db, trials/, plots/")
@@ -28,8 +29,8 @@ _SPACE = flags.DEFINE_multi_string(
 _TRIALS = flags.DEFINE_integer("trials", None, "finished trials the study should hold in all")
 _STORAGE = flags.DEFINE_string("storage", "", "SQLAlchemy URL ('' : sqlite in DIR/study.db)")
 _STUDY = flags.DEFINE_string("study", "sweep", "the study's name in the storage")
-_PRUNER = flags.DEFINE_enum("pruner", "median", ["median", "hyperband", "none"], "between epochs")
-_METRIC = flags.DEFINE_enum("metric", "top1", ["top1", "loss"], "the evaluation metric optimized")
+_PRUNER = flags.DEFINE_enum("pruner", "median", PRUNERS, "stops hopeless trials between epochs")
+_METRIC = flags.DEFINE_enum("metric", "top1", list(METRICS), "the evaluation metric optimized")
 _SAMPLER_SEED = flags.DEFINE_integer("sampler_seed", None, "TPE's seed (default: random)")
 _REPORT = flags.DEFINE_string("report", None, "print the report of the sweep in this DIR")
 

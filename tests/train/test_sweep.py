@@ -107,8 +107,8 @@ def test_bad_command_lines_fail_in_one_line_before_training(tmp_path):
     for args, message in [
         (["--space", "learning_rate=log:0:1", "--trials", "4"], "log: needs bounds > 0"),
         (["--space", "learning_rate=0.01:0.1", "--trials", "4", "--storage",
-          "postgresql://me:secret@127.0.0.1:1/db"],
-         "--storage postgresql://me:***@127.0.0.1:1/db: its database driver is not installed"),
+          "mysql+pymysql://me:secret@127.0.0.1:1/db"],
+         "--storage mysql+pymysql://me:***@127.0.0.1:1/db: its database driver is not installed"),
     ]:  # fmt: skip
         result = run_sweep(tmp_path / "w", *args)
         lines = result.stderr.strip().splitlines()

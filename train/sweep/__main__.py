@@ -49,7 +49,7 @@ def main(argv):
 
     if _REPORT.value:
         workdir = Path(_REPORT.value)
-        study = _load_for_report(optuna, study_lib.storage_url(workdir, _STORAGE.value))
+        study = _load_for_report(optuna, study_lib, study_lib.storage_url(workdir, _STORAGE.value))
         print(report.report(study, workdir))
         return 0
     sweep = _sweep_from_flags()
@@ -102,15 +102,17 @@ def _sweep_from_flags():
     )  # fmt: skip
 
 
-def _load_for_report(optuna, url: str):
+def _load_for_report(optuna, study_lib, url: str):
     """The study named by --study, or the storage's only study."""
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise ValueError(f"--report: no study database {url.removeprefix('sqlite:///')}")
-    names = [s.study_name for s in optuna.get_all_study_summaries(url)]
+    storage = study_lib.open_storage(url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     name = _STUDY.value if _STUDY.value in names or len(names) != 1 else names[0]
     if name not in names:
-        raise ValueError(f"--report: {url} has no study {name!r} (it has {names or 'none'})")
-    return optuna.load_study(study_name=name, storage=url)
+        shown = study_lib.without_password(url)
+        raise ValueError(f"--report: {shown} has no study {name!r} (it has {names or 'none'})")
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def _database_error():

@@ -75,17 +75,18 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                 url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=_retry,
             )  # fmt: skip
-    except ImportError:
+    except ImportError as e:  # optuna's own message does not name the module
+        missing = f" ({e.__cause__})" if e.__cause__ else ""
         raise ValueError(
-            f"--storage {_without_password(url)}: its database driver is not installed (e.g. "
-            "pip install psycopg2-binary for postgresql://, PyMySQL for mysql+pymysql://)"
+            f"--storage {without_password(url)}: its database driver is not installed{missing}; "
+            "e.g. pip install 'psycopg[binary]' for postgresql://, PyMySQL for mysql+pymysql://"
         ) from None
     except (SQLAlchemyError, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"--storage {_without_password(url)}: {reason}") from None
+        raise ValueError(f"--storage {without_password(url)}: {reason}") from None
 
 
-def _without_password(url: str) -> str:
+def without_password(url: str) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 

@@ -139,7 +139,6 @@ def build_pipeline(examples, transform, batch_size, options: PipelineOptions, *,
     """examples: a Dataset of {'bytes', 'label', 'position', 'seed'}; transform(bytes, seed) ->
     uint8 image. Returns a Dataset of {'image', 'label', 'position'} batches, where position
     counts the examples in order (a missing one was dropped as unreadable)."""
-
     ds = examples.map(_loader(transform), num_parallel_calls=tf.data.AUTOTUNE)
     if drop_errors:
         ds = ds.ignore_errors()

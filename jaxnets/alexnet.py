@@ -95,7 +95,8 @@ class AlexNet(nn.Module):
 INFO = ModelInfo(head="classifier_6", stem="features_0", dropout=True,
                  options=("dropout", "head"), min_input_size=63,
                  feature_stages=("features.2", "features.5", "features.12"),
-                 stage_reductions=(8, 16, 32))  # fmt: skip
+                 stage_reductions=(8, 16, 32),
+                 dense_linears=("classifier_1", "classifier_4"), dense_window=6)  # fmt: skip
 
 
 @register_model(INFO)

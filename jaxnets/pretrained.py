@@ -58,6 +58,7 @@ class Weights:
       tag: torchvision's enum member name, e.g. "IMAGENET1K_V2".
       filename: file name in the torch hub cache; its 8 hex digits start the file's sha256.
       acc1, acc5: torchvision's published ImageNet-1k single-crop accuracies (nan if none).
+      file_size_mb: the file's size in MB (10**6 bytes), as torchvision's `_file_size` gives it.
       resize: shorter side for evaluation (256 for V1, 232 for V2 recipes).
       crop: center crop size.
       interpolation, antialias: of the resize.
@@ -71,6 +72,7 @@ class Weights:
     filename: str
     acc1: float
     acc5: float
+    file_size_mb: float
     resize: int = 256
     crop: int = 224
     interpolation: str = "bilinear"
@@ -96,12 +98,12 @@ class Weights:
 def _table() -> dict[tuple[str, str], Weights]:
     v1, v2 = "IMAGENET1K_V1", "IMAGENET1K_V2"
     rows = [
-        Weights("alexnet", v1, "alexnet-owt-7be5be79.pth", 56.522, 79.066),
-        Weights("vgg11", v1, "vgg11-8a719046.pth", 69.020, 88.628),
-        Weights("vgg11_bn", v1, "vgg11_bn-6002323d.pth", 70.370, 89.810),
-        Weights("vgg13", v1, "vgg13-19584684.pth", 69.928, 89.246),
-        Weights("vgg13_bn", v1, "vgg13_bn-abd245e5.pth", 71.586, 90.374),
-        Weights("vgg16", v1, "vgg16-397923af.pth", 71.592, 90.382),
+        Weights("alexnet", v1, "alexnet-owt-7be5be79.pth", 56.522, 79.066, 233.087),
+        Weights("vgg11", v1, "vgg11-8a719046.pth", 69.020, 88.628, 506.84),
+        Weights("vgg11_bn", v1, "vgg11_bn-6002323d.pth", 70.370, 89.810, 506.881),
+        Weights("vgg13", v1, "vgg13-19584684.pth", 69.928, 89.246, 507.545),
+        Weights("vgg13_bn", v1, "vgg13_bn-abd245e5.pth", 71.586, 90.374, 507.59),
+        Weights("vgg16", v1, "vgg16-397923af.pth", 71.592, 90.382, 527.796),
         # SSD's VGG16 backbone: caffe-style input (BGR means, pixels in 0..255), untrained head.
         Weights(
             "vgg16",
@@ -109,35 +111,70 @@ def _table() -> dict[tuple[str, str], Weights]:
             "vgg16_features-amdegroot-88682ab5.pth",
             float("nan"),
             float("nan"),
+            527.802,
             mean=(0.48235, 0.45882, 0.40784),
             std=(1 / 255, 1 / 255, 1 / 255),
             num_classes=None,
         ),
-        Weights("vgg16_bn", v1, "vgg16_bn-6c64b313.pth", 73.360, 91.516),
-        Weights("vgg19", v1, "vgg19-dcbb9e9d.pth", 72.376, 90.876),
-        Weights("vgg19_bn", v1, "vgg19_bn-c79401a0.pth", 74.218, 91.842),
-        Weights("resnet18", v1, "resnet18-f37072fd.pth", 69.758, 89.078),
-        Weights("resnet34", v1, "resnet34-b627a593.pth", 73.314, 91.420),
-        Weights("resnet50", v1, "resnet50-0676ba61.pth", 76.130, 92.862),
-        Weights("resnet50", v2, "resnet50-11ad3fa6.pth", 80.858, 95.434, resize=232),
-        Weights("resnet101", v1, "resnet101-63fe2227.pth", 77.374, 93.546),
-        Weights("resnet101", v2, "resnet101-cd907fc2.pth", 81.886, 95.780, resize=232),
-        Weights("resnet152", v1, "resnet152-394f9c45.pth", 78.312, 94.046),
-        Weights("resnet152", v2, "resnet152-f82ba261.pth", 82.284, 96.002, resize=232),
-        Weights("resnext50_32x4d", v1, "resnext50_32x4d-7cdf4587.pth", 77.618, 93.698),
-        Weights("resnext50_32x4d", v2, "resnext50_32x4d-1a0047aa.pth", 81.198, 95.340, resize=232),
-        Weights("resnext101_32x8d", v1, "resnext101_32x8d-8ba56ff5.pth", 79.312, 94.526),
+        Weights("vgg16_bn", v1, "vgg16_bn-6c64b313.pth", 73.360, 91.516, 527.866),
+        Weights("vgg19", v1, "vgg19-dcbb9e9d.pth", 72.376, 90.876, 548.051),
+        Weights("vgg19_bn", v1, "vgg19_bn-c79401a0.pth", 74.218, 91.842, 548.143),
+        Weights("resnet18", v1, "resnet18-f37072fd.pth", 69.758, 89.078, 44.661),
+        Weights("resnet34", v1, "resnet34-b627a593.pth", 73.314, 91.420, 83.275),
+        Weights("resnet50", v1, "resnet50-0676ba61.pth", 76.130, 92.862, 97.781),
+        Weights("resnet50", v2, "resnet50-11ad3fa6.pth", 80.858, 95.434, 97.79, resize=232),
+        Weights("resnet101", v1, "resnet101-63fe2227.pth", 77.374, 93.546, 170.511),
+        Weights("resnet101", v2, "resnet101-cd907fc2.pth", 81.886, 95.780, 170.53, resize=232),
+        Weights("resnet152", v1, "resnet152-394f9c45.pth", 78.312, 94.046, 230.434),
+        Weights("resnet152", v2, "resnet152-f82ba261.pth", 82.284, 96.002, 230.474, resize=232),
+        Weights("resnext50_32x4d", v1, "resnext50_32x4d-7cdf4587.pth", 77.618, 93.698, 95.789),
         Weights(
-            "resnext101_32x8d", v2, "resnext101_32x8d-110c445d.pth", 82.834, 96.228, resize=232
+            "resnext50_32x4d",
+            v2,
+            "resnext50_32x4d-1a0047aa.pth",
+            81.198,
+            95.340,
+            95.833,
+            resize=232,
+        ),
+        Weights("resnext101_32x8d", v1, "resnext101_32x8d-8ba56ff5.pth", 79.312, 94.526, 339.586),
+        Weights(
+            "resnext101_32x8d",
+            v2,
+            "resnext101_32x8d-110c445d.pth",
+            82.834,
+            96.228,
+            339.673,
+            resize=232,
         ),
         Weights(
-            "resnext101_64x4d", v1, "resnext101_64x4d-173b62eb.pth", 83.246, 96.454, resize=232
+            "resnext101_64x4d",
+            v1,
+            "resnext101_64x4d-173b62eb.pth",
+            83.246,
+            96.454,
+            319.318,
+            resize=232,
         ),
-        Weights("wide_resnet50_2", v1, "wide_resnet50_2-95faca4d.pth", 78.468, 94.086),
-        Weights("wide_resnet50_2", v2, "wide_resnet50_2-9ba9bcbe.pth", 81.602, 95.758, resize=232),
-        Weights("wide_resnet101_2", v1, "wide_resnet101_2-32ee1156.pth", 78.848, 94.284),
+        Weights("wide_resnet50_2", v1, "wide_resnet50_2-95faca4d.pth", 78.468, 94.086, 131.82),
         Weights(
-            "wide_resnet101_2", v2, "wide_resnet101_2-d733dc28.pth", 82.510, 96.020, resize=232
+            "wide_resnet50_2",
+            v2,
+            "wide_resnet50_2-9ba9bcbe.pth",
+            81.602,
+            95.758,
+            263.124,
+            resize=232,
+        ),
+        Weights("wide_resnet101_2", v1, "wide_resnet101_2-32ee1156.pth", 78.848, 94.284, 242.896),
+        Weights(
+            "wide_resnet101_2",
+            v2,
+            "wide_resnet101_2-d733dc28.pth",
+            82.510,
+            96.020,
+            484.747,
+            resize=232,
         ),
     ]
     return {(w.arch, w.tag): w for w in rows}

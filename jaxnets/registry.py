@@ -35,6 +35,11 @@ class ModelInfo:
       stage_reductions: the stride of each stage's output relative to the input; empty: input
         size over map size at input_size (exact where every layer pads to size / stride).
       stem_modules: the Flax modules `freeze="stem"` names.
+      dense_linears: for dense evaluation (jaxnets.dense), the Linear layers between the last
+        feature stage and the head, the first applied as a dense_window x dense_window
+        convolution, the others as 1x1 (VGG's classifier.0 and .3 over its 7x7 map); empty:
+        the model pools the whole map itself (ResNets) or takes one input size only.
+      dense_window: the map size the first of dense_linears was trained on.
     """
 
     head: str
@@ -49,6 +54,8 @@ class ModelInfo:
     feature_stages: tuple[str, ...] = ()
     stage_reductions: tuple[int, ...] = ()
     stem_modules: tuple[str, ...] = ()
+    dense_linears: tuple[str, ...] = ()
+    dense_window: int = 0
 
 
 Builder = Callable[..., nn.Module]

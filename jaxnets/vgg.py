@@ -137,6 +137,8 @@ def _info(cfg: str, batch_norm: bool) -> ModelInfo:
         else ("dropout", "head"),
         min_input_size=32,
         feature_stages=tuple(pools),
+        dense_linears=("classifier_0", "classifier_3"),
+        dense_window=7,
     )  # fmt: skip
 
 

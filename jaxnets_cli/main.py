@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_features(commands)
     _add_convert(commands)
     _add_eval(commands)
+    _add_predict(commands)
     _add_parity(commands)
     _add_bench(commands)
 
@@ -51,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _add_models(commands) -> None:
     models = commands.add_parser("models", help="list architectures and their pretrained weights")
-    models.add_argument("--json", action="store_true", help="print JSON")
+    models.add_argument(
+        "--details", action="store_true",
+        help="the model table: parameters, GMACs of one forward pass, and per weight set "
+        "acc@1, acc@5, file size and resize/crop",
+    )  # fmt: skip
+    models.add_argument("--json", action="store_true", help="print JSON rows (with the details)")
     models.set_defaults(run=_models)
 
 
@@ -130,12 +136,16 @@ def _add_eval(commands) -> None:
     evaluate.add_argument("name", help="architecture, e.g. resnet50")
     evaluate.add_argument(
         "--weights", required=True,
-        help="a torchvision .pth/.safetensors file or tag, a jaxnets export or a training workdir",
+        help="a torchvision .pth/.safetensors file or tag, a jaxnets export or a training "
+        "workdir; several, comma-separated (NAME=SRC for another architecture), are an "
+        "ensemble whose softmax outputs are averaged",
     )  # fmt: skip
     evaluate.add_argument(
         "--data", required=True,
-        help="folder:PATH (PATH/val or PATH with class folders) or tfds:NAME (validation split)",
+        help="folder:PATH (PATH/val or PATH with class folders), tfds:NAME (validation split) "
+        "or digits (scikit-learn's, its test split)",
     )  # fmt: skip
+    _add_protocol_options(evaluate)
     evaluate.add_argument("--data-dir", default="", help="TFDS data_dir")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--resize", type=int, help="override the weights' resize (0: none)")
@@ -163,6 +173,40 @@ def _add_eval(commands) -> None:
     )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(run=_eval)
+
+
+def _add_predict(commands) -> None:
+    predict = commands.add_parser(
+        "predict",
+        help="the top classes of images, with the weights' own preprocessing",
+        description="jaxnets predict NAME --weights SRC IMAGE_OR_DIR ... [--topk 5] [--json]",
+    )
+    predict.add_argument("name", help="architecture, e.g. resnet50")
+    predict.add_argument(
+        "--weights", required=True,
+        help="as jaxnets eval takes them: a torchvision file or tag, an export, a training "
+        "workdir; several, comma-separated (NAME=SRC for another architecture): an ensemble",
+    )  # fmt: skip
+    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="files or folders")
+    predict.add_argument("--topk", type=int, default=5, help="classes shown per image")
+    predict.add_argument("--batch-size", type=int, default=16, help="network batch (views)")
+    predict.add_argument("--head", metavar="SPEC", help="the custom head of a torchvision file")
+    predict.add_argument("--resize", type=int, help="override the weights' resize (0: none)")
+    predict.add_argument("--crop", type=int, help="override the weights' center crop")
+    predict.add_argument("--json", action="store_true", help="one JSON object per image")
+    _add_protocol_options(predict)
+    predict.set_defaults(run=_predict)
+
+
+def _add_protocol_options(command) -> None:
+    command.add_argument(
+        "--tta", default="", metavar="PROTOCOLS",
+        help="evaluation protocols, comma-separated: flip, five-crop, ten-crop, multi-scale, "
+        "dense (see train/data/views.py); softmax outputs averaged over the views",
+    )  # fmt: skip
+    command.add_argument(
+        "--scales", default="", help="multi-scale: the shorter sides, e.g. 256,384,512"
+    )
 
 
 def _add_parity(commands) -> None:
@@ -259,16 +303,14 @@ def _add_bench(commands) -> None:
 def _models(args) -> int:
     import jaxnets
     from jaxnets.pretrained import list_weights
+    from jaxnets_cli.models import format_table, model_rows
 
-    rows = [
-        {"name": name, "weights": [w.tag for w in list_weights(name)]}
-        for name in jaxnets.list_models()
-    ]
-    if args.json:
-        print(json.dumps(rows))
-    else:
-        for row in rows:
-            print(f"{row['name']:<18} {' '.join(row['weights'])}".rstrip())
+    if args.details or args.json:
+        rows = model_rows()
+        print(json.dumps(rows) if args.json else format_table(rows))
+        return 0
+    for name in jaxnets.list_models():
+        print(f"{name:<18} {' '.join(w.tag for w in list_weights(name))}".rstrip())
     return 0
 
 
@@ -331,7 +373,22 @@ def _eval(args) -> int:
     if args.compare_torch:
         extras.require("torch", "--compare-torch")
     from jaxnets_cli.evaluate import evaluate, format_report
+    from jaxnets_cli.protocols import evaluate_protocols, format_protocol_report
 
+    if args.tta or args.scales or "," in args.weights:
+        if args.compare_torch or args.compare_antialias or args.no_antialias:
+            raise ValueError(
+                "--compare-torch, --compare-antialias and --no-antialias evaluate one "
+                "network's standard protocol: not with --tta or an ensemble"
+            )
+        result = evaluate_protocols(
+            args.name, args.weights, args.data, tta=args.tta, scales=args.scales,
+            batch_size=args.batch_size, limit=args.limit, data_dir=args.data_dir,
+            by_position=args.by_position, head_spec=args.head, resize=args.resize,
+            crop=args.crop,
+        )  # fmt: skip
+        print(json.dumps(result) if args.json else format_protocol_report(result))
+        return 0
     result = evaluate(
         args.name, args.weights, args.data, batch_size=args.batch_size, resize=args.resize,
         crop=args.crop, compare_torch=args.compare_torch, limit=args.limit,
@@ -341,6 +398,16 @@ def _eval(args) -> int:
     )  # fmt: skip
     print(json.dumps(result) if args.json else format_report(result))
     return 0
+
+
+def _predict(args) -> int:
+    _known_model(args.name)
+    _require_train()
+    from jaxnets_cli.predict import run
+
+    if args.topk < 1 or args.batch_size < 1:
+        raise ValueError("--topk and --batch-size must be >= 1")
+    return run(args)
 
 
 def _parity_features(args) -> int:

@@ -40,6 +40,10 @@ def base_config() -> ml_collections.ConfigDict:
     # ColorJitter(brightness, contrast, saturation) strengths; 0: that one off.
     c.color_jitter = (0.0, 0.0, 0.0)
     c.eval_resize = 0  # 0: resize eval images to image_size; N: Resize(N) + CenterCrop
+    # The final evaluation also under a test-time protocol (train/data/protocol.py), e.g.
+    # "ten-crop" or "dense,flip,multi-scale" with eval_scales "256,384,512"; "": none.
+    c.eval_tta = ""
+    c.eval_scales = ""
     c.bad_images = "skip"  # folder: skip unreadable files (listed at the end) or 'error'
     c.data_deterministic = True  # tf.data keeps the order (reproducible, resumable)
     c.data_threads = 0  # tf.data threads; 0: one per core
@@ -160,6 +164,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
         if not ok:
             raise ConfigError(f"config.{key}={getattr(config, key)!r}: expected {expected}")
     _check_head_and_freeze(config)
+    _check_eval_tta(config)
     for key in ("sampler_startup_trials", "pruner_startup_trials", "pruner_first_epoch"):
         if config.sweep[key] < 0:
             raise ConfigError(f"config.sweep.{key}={config.sweep[key]!r}: expected >= 0")
@@ -168,6 +173,21 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
             raise ConfigError(
                 f"config.{key}={config[key]} is not divisible by the {device_count} devices"
             )
+
+
+def _check_eval_tta(config) -> None:
+    import jaxnets
+    from train.data.protocol import parse_protocol
+
+    try:
+        parse_protocol(config.eval_tta, config.eval_scales, config.eval_resize, config.image_size)
+    except ValueError as e:
+        message = (
+            str(e).replace("--tta", "config.eval_tta").replace("--scales", "config.eval_scales")
+        )
+        raise ConfigError(message) from None
+    if "dense" in config.eval_tta and jaxnets.model_info(config.model).fixed_input_size:
+        raise ConfigError(f"config.eval_tta: dense evaluation: {config.model} takes one input size")
 
 
 def _check_head_and_freeze(config) -> None:

@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxnets import checkpoints
+from jaxnets import checkpoints, heads
 from jaxnets.xla_flags import donates_train_state
 from train import data as data_lib
 from train import metrics as metrics_lib
@@ -203,6 +203,35 @@ def evaluate(p_eval_step, state: TrainState, dataset: data_lib.Dataset, config, 
     return means, np.concatenate(labels), np.concatenate(predictions)
 
 
+def evaluate_tta(config, state: TrainState, dataset: data_lib.Dataset) -> dict:
+    """The evaluation split under config.eval_tta's protocol (train/tta.py), with the weights
+    evaluate() uses; every process scores the whole split on its own devices."""
+    from train import tta
+    from train.data.protocol import parse_protocol
+
+    params, batch_stats = state.params, state.batch_stats
+    if config.ema_decay:
+        params, batch_stats = state.ema_params, state.ema_batch_stats
+    # Replicated over the mesh: any one addressable copy is the whole array.
+    variables = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)),
+                             {"params": params, "batch_stats": batch_stats})  # fmt: skip
+    protocol = parse_protocol(config.eval_tta, config.eval_scales, config.eval_resize,
+                              config.image_size)  # fmt: skip
+    head = heads.canonical(config.head) if config.head else None
+    member = tta.Member(config.model, variables, head)
+    images_per_batch = max(1, config.eval_batch_size // max(1, protocol.crop_views))
+    scorer = tta.ViewScorer(member, protocol, dataset.num_classes, images_per_batch)
+    scores = tta.score_dataset([scorer], dataset.eval_examples(tta.view_function(protocol)),
+                               dataset)  # fmt: skip
+    top5 = np.argsort(-scores.probabilities, axis=-1)[:, :5]
+    return {
+        "protocol": protocol.name, "views_per_image": protocol.views_per_image,
+        "top1": float(np.mean(top5[:, 0] == scores.labels)),
+        "top5": float(np.mean(np.any(top5 == scores.labels[:, None], axis=-1))),
+        "images_per_sec": scores.images_per_sec,
+    }  # fmt: skip
+
+
 class _StopFlag:
     """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
 
@@ -371,6 +400,11 @@ def final_report(
     report = metrics_lib.classification_report(labels, predictions, dataset.class_names)
     summary = {"model": config.model, "dataset": config.dataset, **eval_metrics,
                "macro_f1": report["macro_f1"], "skipped_files": len(dataset.skipped)}  # fmt: skip
+    if config.eval_tta:
+        summary["tta"] = evaluate_tta(config, state, dataset)
+        print("final evaluation, protocol {protocol} ({views_per_image} views per image): "
+              "top1 {top1:.4f} top5 {top5:.4f}, {images_per_sec:.1f} img/s"
+              .format(**summary["tta"]))  # fmt: skip
     step = current_step(state)
     writer.write(step, "final", {k: summary[k] for k in ("top1", "top5", "loss", "macro_f1")})
     writer.close()

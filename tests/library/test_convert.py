@@ -204,6 +204,7 @@ def test_metadata_matches_torchvision_weight_enums():
             assert weights.url.split("-")[-1].startswith(meta.sha256_prefix)
             metrics = weights.meta["_metrics"]["ImageNet-1K"]
             np.testing.assert_equal([meta.acc1, meta.acc5], [metrics["acc@1"], metrics["acc@5"]])
+            assert meta.file_size_mb == weights.meta["_file_size"]
             assert [meta.resize] == transforms.resize_size and [meta.crop] == transforms.crop_size
             np.testing.assert_allclose(meta.mean, transforms.mean)
             np.testing.assert_allclose(meta.std, transforms.std)
@@ -229,7 +230,7 @@ def hub(tmp_path, monkeypatch):
     torch.save(torchvision_model("resnet18").state_dict(), served)
     digest = hashlib.sha256(served.read_bytes()).hexdigest()
     weights = pretrained.Weights(
-        "resnet18", "TEST", f"resnet18-{digest[:8]}.pth", 1.0, 2.0, url=served.as_uri()
+        "resnet18", "TEST", f"resnet18-{digest[:8]}.pth", 1.0, 2.0, 0.0, url=served.as_uri()
     )
     return weights, served
 
@@ -263,7 +264,9 @@ def test_load_pretrained_rejects_a_file_with_the_wrong_hash(hub):
 
 def test_load_pretrained_without_network_says_where_to_put_the_file(hub, tmp_path):
     weights, _ = hub
-    offline = pretrained.Weights("resnet18", "X", weights.filename, 0, 0, url="file:///absent.pth")
+    offline = pretrained.Weights(
+        "resnet18", "X", weights.filename, 0, 0, 0, url="file:///absent.pth"
+    )
     with pytest.raises(RuntimeError, match=r"could not download .*copy the file to .*checkpoints"):
         pretrained.load_pretrained("resnet18", offline)
     assert not list(pretrained.torch_hub_dir().iterdir())  # nothing half-written

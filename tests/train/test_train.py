@@ -51,6 +51,10 @@ def test_bad_values_are_rejected_with_one_line():
         ({"schedule": "linear"}, "schedule='linear'"),
         ({"dtype": "float16"}, "dtype='float16'"),
         ({"model": "vgg11_bn", "remat": True}, "remat=True: expected False for a model without"),
+        ({"eval_tta": "flip,zoom"}, "config.eval_tta 'flip,zoom': unknown protocol 'zoom'"),
+        ({"eval_tta": "multi-scale"}, "config.eval_tta 'multi-scale': multi-scale needs"),
+        ({"eval_scales": "40"}, "config.eval_scales '40': only with config.eval_tta multi-scale"),
+        ({"model": "lenet5", "eval_tta": "dense"}, "dense evaluation: lenet5 takes one input"),
     ]:
         config = base_config()
         config.update(overrides)
@@ -97,6 +101,19 @@ def final_params(workdir, step=None):
         step = manager.latest_step() if step is None else step
         state, _ = checkpoints.restore(manager, step=step)
     return step, state["params"]
+
+
+def test_the_final_evaluation_under_a_protocol(tmp_path):
+    """config.eval_tta evaluates the final weights again under that protocol, reported in the
+    summary (the scorer's numbers are checked against the model in tests/train/test_views.py)."""
+    from train.train import train_and_evaluate
+
+    config = tiny_config(max_steps=3, eval_tta="multi-scale,flip", eval_scales="16")
+    summary = train_and_evaluate(config, tmp_path / "run")
+    tta = summary["tta"]
+    assert tta["protocol"] == "center-crop+flip at 16" and tta["views_per_image"] == 2
+    assert 0 <= tta["top1"] <= tta["top5"] <= 1 and tta["images_per_sec"] > 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["tta"] == tta
 
 
 @pytest.mark.slow  # three training runs

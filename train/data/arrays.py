@@ -89,6 +89,12 @@ class InMemoryDataset:
         local = self.shard.local_batch(batch_size)
         return padded_batches(self.eval_images[rows], self.eval_labels[rows], local, num_batches)
 
+    def eval_examples(self, transform):
+        """transform(image) and the label of each evaluation image (normalized float HWC at
+        its stored size), one at a time, transform's tensors as numpy arrays."""
+        for image, label in zip(self.eval_images, self.eval_labels, strict=True):
+            yield {key: np.asarray(value) for key, value in transform(image).items()}, label
+
 
 def _random_shift(images: np.ndarray, pad: int, shifts: np.ndarray) -> np.ndarray:
     n, h, w, _ = images.shape

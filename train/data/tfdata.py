@@ -210,6 +210,17 @@ class _TfDataset:
         for position in range(expected, len(paths)):
             self.skipped.setdefault(str(paths[position]), "cannot be decoded as an image")
 
+    def _one_by_one(self, examples, transform, *, paths=None, drop_errors=False):
+        """(transform(decoded image), label) per example, in order: for evaluations whose
+        per-image outputs differ in shape between images (train/tta.py)."""
+        batches = build_pipeline(
+            examples, lambda image_bytes, seed: transform(preprocess.decode_image(image_bytes)),
+            1, dataclasses.replace(self.options, deterministic=True), drop_errors=drop_errors,
+        ).as_numpy_iterator()  # fmt: skip
+        count = len(paths) if paths is not None else self.num_eval_examples
+        for batch in self._drain(batches, 1, paths=paths, count=count, keep_partial=True):
+            yield {key: value[0] for key, value in batch["image"].items()}, batch["label"][0]
+
 
 def _rechunk(batches, batch_size: int, keep_partial: bool):
     """Batches of exactly batch_size rows out of batches that dropped files left short, and
@@ -449,6 +460,14 @@ class FolderDataset(_TfDataset):
         )
         return _pad_eval(drained, local, num_batches, self.image_shape)
 
+    def eval_examples(self, transform):
+        """transform(image) and the label of each readable evaluation image, one at a time
+        (the image decoded, uint8 HWC, not resized); a single process reads them all."""
+        no_seeds = np.zeros((len(self.eval_labels), 2), np.int64)
+        examples = self._examples(self.eval_paths, self.eval_labels, no_seeds)
+        return self._one_by_one(examples, transform, paths=self.eval_paths,
+                                drop_errors=self.options.bad_images == "skip")  # fmt: skip
+
 
 def _pad_eval(batches, local: int, num_batches: int, image_shape):
     """Exactly num_batches (images, labels, mask) batches of `local` rows on every process."""
@@ -579,3 +598,8 @@ class TfdsDataset(_TfDataset):
             self._drain(batches, local, count=num_batches, keep_partial=True), local, num_batches,
             self.image_shape,
         )  # fmt: skip
+
+    def eval_examples(self, transform):
+        """transform(image) and the label of each evaluation example, one at a time (the
+        image decoded, uint8 HWC, not resized); a single process reads them all."""
+        return self._one_by_one(self._read(self.eval_split), transform)

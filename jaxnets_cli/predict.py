@@ -47,10 +47,9 @@ class Classifier:
         self._views = [view_function(p) for p in protocols]
         self._scorers = []
         for member, protocol in zip(members, protocols, strict=True):
-            images_per_batch = max(1, batch_size // max(1, protocol.crop_views))
             scorer_member = Member(member.arch, member.variables, member.spec)
             self._scorers.append(
-                ViewScorer(scorer_member, protocol, member.num_classes, images_per_batch)
+                ViewScorer(scorer_member, protocol, member.num_classes, batch_size)
             )
 
     @classmethod

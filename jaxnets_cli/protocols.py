@@ -114,7 +114,7 @@ def evaluate_protocols(
         skipped.update(dataset.skipped)
     labels = mapping.labels[labels]
     rows = [
-        {"model": m.arch, "weights": m.source, "resize": p.scales, "crop": p.crop,
+        {"model": m.arch, "weights": m.source, "scales": p.scales, "crop": p.crop,
          "views_per_image": p.views_per_image, **_accuracy(s, labels)}
         for m, p, s in zip(members, protocols, probabilities, strict=True)
     ]  # fmt: skip
@@ -129,7 +129,7 @@ def evaluate_protocols(
 
 def _member_scores(member: LoadedMember, protocol, dataset, batch_size: int, limit: int):
     """(images, classes) softmax outputs of one member under `protocol`, the labels, and
-    images/sec (compilation for the first shape excluded)."""
+    images/sec (compilation excluded)."""
     import jax
 
     from train.tta import Member, ViewScorer, score_dataset, view_function
@@ -140,9 +140,8 @@ def _member_scores(member: LoadedMember, protocol, dataset, batch_size: int, lim
         predictions = _predict(classifier, None, dataset, batch_size, limit)
         probabilities = np.asarray(jax.nn.softmax(predictions.logits))
         return probabilities, predictions.labels, predictions.images_per_sec
-    images_per_batch = max(1, batch_size // max(1, protocol.crop_views))  # views per batch
     scorer = ViewScorer(Member(member.arch, member.variables, member.spec), protocol,
-                        member.num_classes, images_per_batch)  # fmt: skip
+                        member.num_classes, batch_size)  # fmt: skip
     scores = score_dataset([scorer], dataset.eval_examples(view_function(protocol)), dataset,
                            limit)  # fmt: skip
     return scores.probabilities, scores.labels, scores.images_per_sec

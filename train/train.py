@@ -219,8 +219,7 @@ def evaluate_tta(config, state: TrainState, dataset: data_lib.Dataset) -> dict:
                               config.image_size)  # fmt: skip
     head = heads.canonical(config.head) if config.head else None
     member = tta.Member(config.model, variables, head)
-    images_per_batch = max(1, config.eval_batch_size // max(1, protocol.crop_views))
-    scorer = tta.ViewScorer(member, protocol, dataset.num_classes, images_per_batch)
+    scorer = tta.ViewScorer(member, protocol, dataset.num_classes, config.eval_batch_size)
     scores = tta.score_dataset([scorer], dataset.eval_examples(tta.view_function(protocol)),
                                dataset)  # fmt: skip
     top5 = np.argsort(-scores.probabilities, axis=-1)[:, :5]

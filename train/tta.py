@@ -36,14 +36,17 @@ class Member:
 
 
 class ViewScorer:
-    """A member's softmax output averaged over the views of each image: `batch_size` images'
+    """A member's softmax output averaged over the views of each image: a batch of images'
     crop views through the network at once, dense views of one shape together within the same
     pixel budget. Each batch shape is compiled once, ahead of its first run; `compile_seconds`
     keeps the time that took, apart from the time spent scoring."""
 
-    def __init__(self, member: Member, protocol: Protocol, num_classes: int, batch_size: int = 1):
+    def __init__(self, member: Member, protocol: Protocol, num_classes: int, network_batch: int):
+        """network_batch: views through the network at once (the images of a batch are as
+        many as fit, at least one)."""
         if protocol.dense and not supports_dense(member.name):
             raise ValueError(f"--tta dense: {member.name} takes one input size only")
+        batch_size = max(1, network_batch // max(1, protocol.crop_views))
         self.member, self.protocol, self.batch_size = member, protocol, batch_size
         self.num_classes = num_classes
         self.pixel_budget = batch_size * max(1, protocol.crop_views) * protocol.crop**2

@@ -83,6 +83,7 @@ def test_float_images_resize_in_float():
         ("flip", "", 2, "center-crop+flip at 256"),
         ("ten-crop", "", 10, "ten-crop at 256"),
         ("ten-crop,flip", "", 10, "ten-crop at 256"),
+        ("five-crop,ten-crop", "", 10, "ten-crop at 256"),
         ("five-crop,flip,multi-scale", "256,384,512", 30, "five-crop+flip at 256,384,512"),
         ("dense", "", 1, "dense at 256"),
         ("dense,flip,multi-scale", "256,384", 4, "flip+dense at 256,384"),
@@ -99,7 +100,6 @@ def test_protocol_views_per_image(tta, scales, views, name):
     ("tta", "scales", "message"),
     [
         ("flip,mirror", "", "unknown protocol 'mirror'"),
-        ("five-crop,ten-crop", "", "five-crop or ten-crop, not both"),
         ("multi-scale", "", "multi-scale needs --scales"),
         ("flip", "256,384", "only with --tta multi-scale"),
         ("multi-scale", "256,abc", "expected positive integers"),
@@ -128,7 +128,8 @@ def test_the_scorer_averages_the_models_softmax_over_the_views():
     model = jaxnets.create_model("resnet18", num_classes=10)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
     protocol = parse_protocol("flip", "", resize=0, crop=16)
-    scorer = ViewScorer(Member("resnet18", variables), protocol, 10, batch_size=4)
+    scorer = ViewScorer(Member("resnet18", variables), protocol, 10, network_batch=8)
+    assert scorer.batch_size == 4  # images of two views each
     scores = score_dataset([scorer], dataset.eval_examples(view_function(protocol)), dataset)
     images = jnp.asarray(dataset.eval_images)
     with jax.default_matmul_precision("highest"):

@@ -4,8 +4,8 @@ TensorFlow (the views themselves are made in train/data/views.py).
 A protocol is a comma-separated list:
   flip         each view and its horizontal mirror
   five-crop    torchvision's FiveCrop: the four corners and the centre, in that order
-  ten-crop     torchvision's TenCrop: FiveCrop of the image, then of its mirror (with flip:
-               the same ten views, TenCrop holds the mirrors already)
+  ten-crop     torchvision's TenCrop: FiveCrop of the image, then of its mirror (with flip
+               or five-crop: the same ten views, TenCrop holds those already)
   multi-scale  the shorter side resized to each of --scales (the VGG paper's Q), else to the
                weights' own resize only
   dense        the whole resized image, for the fully convolutional network (jaxnets.dense)
@@ -69,7 +69,7 @@ def parse_protocol(tta: str, scales: str | tuple[int, ...], resize: int, crop: i
     """The protocol `tta` names, at `scales` (multi-scale) or the weights' `resize`.
 
     Raises:
-      ValueError: an unknown protocol, five-crop with ten-crop, scales without multi-scale or
+      ValueError: an unknown protocol, scales without multi-scale or
         multi-scale without scales, a scale that is not a positive integer or, for crops, is
         below the crop size (one line each).
     """
@@ -78,8 +78,6 @@ def parse_protocol(tta: str, scales: str | tuple[int, ...], resize: int, crop: i
     if unknown:
         raise ValueError(f"--tta {tta!r}: unknown protocol {unknown[0]!r}; expected a "
                          f"comma-separated list of {', '.join(PROTOCOLS)}")  # fmt: skip
-    if "five-crop" in names and "ten-crop" in names:
-        raise ValueError(f"--tta {tta!r}: five-crop or ten-crop, not both")
     parsed = _parse_scales(scales)
     if "multi-scale" in names and not parsed:
         raise ValueError(f"--tta {tta!r}: multi-scale needs --scales, e.g. 256,384,512")

@@ -202,7 +202,7 @@ def _add_protocol_options(command) -> None:
     command.add_argument(
         "--tta", default="", metavar="PROTOCOLS",
         help="evaluation protocols, comma-separated: flip, five-crop, ten-crop, multi-scale, "
-        "dense (see train/data/views.py); softmax outputs averaged over the views",
+        "dense (train/data/protocol.py); softmax outputs averaged over the views",
     )  # fmt: skip
     command.add_argument(
         "--scales", default="", help="multi-scale: the shorter sides, e.g. 256,384,512"

@@ -260,3 +260,32 @@ def test_the_sweep_without_its_extra_says_which_to_install():
         done.stderr
     )
     assert "pip install 'jaxnets[sweep]'" in done.stderr
+
+
+OPEN_WHEN_TOLD = """
+import pathlib, sys, time
+from train.sweep.study import open_storage
+go = pathlib.Path(sys.argv[2])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.001)
+open_storage(sys.argv[1])
+"""
+
+
+def test_workers_opening_a_new_database_at_once_both_get_it(tmp_path):
+    """Two workers starting together on a new SQLite study race to create its tables: without
+    the second attempt one of them failed with "table ... already exists" nearly every time
+    (29 of 30 tries with plain RDBStorage)."""
+    for attempt in range(3):
+        url, go = f"sqlite:///{tmp_path}/study{attempt}.db", tmp_path / f"go{attempt}"
+        workers = [
+            subprocess.Popen([sys.executable, "-c", OPEN_WHEN_TOLD, url, str(go)], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]  # fmt: skip
+        for worker in workers:
+            assert worker.stdout.readline().strip() == "ready"
+        go.touch()
+        results = [worker.communicate(timeout=120) for worker in workers]
+        assert [w.returncode for w in workers] == [0, 0], results

@@ -28,6 +28,7 @@ PRUNERS = ("median", "hyperband", "none")
 HEARTBEAT_S = 5  # a running trial's worker writes a heartbeat this often
 GRACE_S = 15  # after this long without one, its trial is failed and asked again
 RETRIES = 3  # times one trial is asked again before it counts as failed for good
+CREATE_ATTEMPTS = 5  # tries at opening a new database whose tables another worker creates
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -67,14 +68,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     """
     from sqlalchemy.exc import SQLAlchemyError
 
-    # SQLite: workers wait for each other's writes instead of failing with "database is locked".
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     try:
-        with _experimental_api():  # heartbeat_interval
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=_retry,
-            )  # fmt: skip
+        return _storage_creating_tables_once(url)
     except ImportError as e:  # optuna's own message does not name the module
         missing = f" ({e.__cause__})" if e.__cause__ else ""
         raise ValueError(
@@ -84,6 +79,29 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     except (SQLAlchemyError, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"--storage {without_password(url)}: {reason}") from None
+
+
+def _storage_creating_tables_once(url: str) -> optuna.storages.RDBStorage:
+    """RDBStorage, asked again when another worker created the tables of a new database
+    while this one was creating them too (SQLite reports "table ... already exists"; the
+    second attempt finds them and creates nothing)."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    # SQLite: workers wait for each other's writes instead of failing with "database is locked".
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            with _experimental_api():  # heartbeat_interval
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S, heartbeat_stale_trial_callback=_retry,
+                )  # fmt: skip
+        except (OperationalError, ProgrammingError, IntegrityError) as e:
+            concurrent = "already exists" in str(e) or isinstance(e, IntegrityError)
+            if not concurrent or attempt == CREATE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def without_password(url: str) -> str:

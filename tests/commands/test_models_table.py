@@ -5,25 +5,11 @@ import json
 
 import pytest
 import torchvision
-from conftest import TORCHVISION_MODELS, sweep
+from conftest import TORCHVISION_MODELS
 
 from jaxnets.cost import model_cost
 from jaxnets.registry import list_models
 from jaxnets_cli import main as cli
-
-FAST = ("alexnet", "resnet18", "resnext50_32x4d", "vgg11_bn")
-
-
-@pytest.mark.parametrize("name", sweep(TORCHVISION_MODELS, fast=FAST))
-def test_params_and_gmacs_equal_torchvisions_published_figures(name):
-    cost = model_cost(name)
-    for weights in torchvision.models.get_model_weights(name):
-        assert cost.params == weights.meta["num_params"]
-        # torchvision publishes GFLOPS (multiply-adds) to three decimals.
-        assert round(cost.gmacs, 3) == pytest.approx(weights.meta["_ops"], abs=1e-9)
-    # XLA's count: two flops per multiply-accumulate less the taps over zero padding, plus
-    # the elementwise ops; within a few percent of twice the MACs, never below 1.8x.
-    assert 1.8 * cost.gmacs < cost.xla_gflops < 2.1 * cost.gmacs
 
 
 def test_gmacs_scale_with_the_image_and_count_padded_taps():
@@ -34,9 +20,20 @@ def test_gmacs_scale_with_the_image_and_count_padded_taps():
     assert small.params == large.params
 
 
-def test_models_details_and_json(capsys):
+def test_the_model_table_and_torchvisions_published_figures(capsys):
+    """One pass over every architecture (about 12 s), checked row by row."""
     assert cli.main(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
+    for name in TORCHVISION_MODELS:
+        cost = model_cost(name)  # cached: the numbers the table printed
+        for weights in torchvision.models.get_model_weights(name):
+            assert cost.params == weights.meta["num_params"], name
+            # torchvision publishes GFLOPS (multiply-adds) to three decimals.
+            assert round(cost.gmacs, 3) == pytest.approx(weights.meta["_ops"], abs=1e-9), name
+        # XLA's count: two flops per multiply-accumulate less the taps over zero padding,
+        # plus the elementwise ops: within a few percent of twice the MACs.
+        assert 1.8 * cost.gmacs < cost.xla_gflops < 2.1 * cost.gmacs, name
+
     assert [row["name"] for row in rows] == list_models()
     by_name = {row["name"]: row for row in rows}
     resnet50 = by_name["resnet50"]

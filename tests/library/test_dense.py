@@ -31,7 +31,8 @@ def test_dense_at_the_crop_size_is_the_standard_forward_pass():
     with jax.enable_x64(True):
         variables = _variables(name, torch_model)
         images = jnp.asarray(_images(224))
-        standard = jaxnets.create_model(name, **F64).apply(variables, images, train=False)
+        model = jaxnets.create_model(name, **F64)
+        standard = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
         dense = jax.jit(lambda v, x: dense_logits(name, v, x, **F64))(variables, images)
         assert dense.dtype == jnp.float64
         assert relative_error(dense, standard) < 1e-12
@@ -70,17 +71,18 @@ def test_dense_on_a_larger_image_averages_torchvisions_classifier_over_every_win
         dense = jax.jit(lambda v, x: dense_logits("alexnet", v, x, **F64))(variables, images)
         assert relative_error(dense, expected) < 1e-12
         # Not the standard forward pass, which pools the map down to the window first.
-        standard = jaxnets.create_model("alexnet", **F64).apply(variables, images, train=False)
+        model = jaxnets.create_model("alexnet", **F64)
+        standard = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
         assert relative_error(dense, standard) > 1e-3
 
 
 def test_dense_with_a_custom_head_applies_every_head_layer_at_every_pixel():
     spec = "dropout:0.5,linear:16,relu,linear:N"
     model = jaxnets.create_model("alexnet", num_classes=5, head=spec)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
     images = jnp.asarray(_images(224), jnp.float32)
-    dense = dense_logits("alexnet", variables, images, head=spec)
-    standard = model.apply(variables, images, train=False)
+    dense = jax.jit(lambda v, x: dense_logits("alexnet", v, x, head=spec))(variables, images)
+    standard = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
     assert dense.shape == (2, 5)
     np.testing.assert_allclose(dense, standard, rtol=0, atol=1e-5 * float(jnp.abs(standard).max()))
 

@@ -103,24 +103,19 @@ def final_params(workdir, step=None):
     return step, state["params"]
 
 
-def test_the_final_evaluation_under_a_protocol(tmp_path):
-    """config.eval_tta evaluates the final weights again under that protocol, reported in the
-    summary (the scorer's numbers are checked against the model in tests/train/test_views.py)."""
-    from train.train import train_and_evaluate
-
-    config = tiny_config(max_steps=3, eval_tta="multi-scale,flip", eval_scales="16")
-    summary = train_and_evaluate(config, tmp_path / "run")
-    tta = summary["tta"]
-    assert tta["protocol"] == "center-crop+flip at 16" and tta["views_per_image"] == 2
-    assert 0 <= tta["top1"] <= tta["top5"] <= 1 and tta["images_per_sec"] > 0
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["tta"] == tta
-
-
 @pytest.mark.slow  # three training runs
 def test_training_lowers_the_loss_and_a_resumed_run_is_bit_identical(tmp_path):
     from train.train import train_and_evaluate
 
-    summary = train_and_evaluate(tiny_config(max_steps=8, learning_rate=0.01), tmp_path / "full")
+    # With a second final evaluation under a protocol (its scorer is checked against the
+    # model in tests/train/test_views.py).
+    config = tiny_config(max_steps=8, learning_rate=0.01, eval_tta="multi-scale,flip",
+                         eval_scales="16")  # fmt: skip
+    summary = train_and_evaluate(config, tmp_path / "full")
+    tta = summary["tta"]
+    assert tta["protocol"] == "center-crop+flip at 16" and tta["views_per_image"] == 2
+    assert 0 <= tta["top1"] <= tta["top5"] <= 1 and tta["images_per_sec"] > 0
+    assert json.loads((tmp_path / "full" / "summary.json").read_text())["tta"] == tta
     lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
     lines = [json.loads(line) for line in lines]
     losses = [line["loss"] for line in lines if line["split"] == "train"]

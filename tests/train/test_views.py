@@ -115,7 +115,8 @@ def test_protocol_errors_are_one_line(tta, scales, message):
 
 def test_the_scorer_averages_the_models_softmax_over_the_views():
     """train/tta.py on the digits (normalized floats): flip at the stored size is the mean of
-    the model's softmax on each image and its mirror; batches of 4 images, the last padded."""
+    the model's softmax on each image and its mirror; batches of 4 images, the last padded
+    (LeNet-5: the scoring is the same for every model, and it compiles fast)."""
     import jax
     import jax.numpy as jnp
 
@@ -123,12 +124,12 @@ def test_the_scorer_averages_the_models_softmax_over_the_views():
     from train.data.arrays import load_digits
     from train.tta import Member, ViewScorer, score_dataset, view_function
 
-    dataset = load_digits(16)
+    dataset = load_digits(32)
     dataset.eval_images, dataset.eval_labels = dataset.eval_images[:10], dataset.eval_labels[:10]
-    model = jaxnets.create_model("resnet18", num_classes=10)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
-    protocol = parse_protocol("flip", "", resize=0, crop=16)
-    scorer = ViewScorer(Member("resnet18", variables), protocol, 10, network_batch=8)
+    model = jaxnets.create_model("lenet5", num_classes=10)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    protocol = parse_protocol("flip", "", resize=0, crop=32)
+    scorer = ViewScorer(Member("lenet5", variables), protocol, 10, network_batch=8)
     assert scorer.batch_size == 4  # images of two views each
     scores = score_dataset([scorer], dataset.eval_examples(view_function(protocol)), dataset)
     images = jnp.asarray(dataset.eval_images)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxnets_cli import classes
+from train.metrics import top_k_accuracy
 
 
 @dataclasses.dataclass
@@ -131,7 +132,7 @@ def evaluate(
         "preprocessing_from": preprocessing.source,
         "classes": {"mapping": mapping.how, "dataset": len(mapping.labels), "head": head_size,
                     "names_from": head.source if head else None, "summary": mapping.summary},
-        **_accuracy(ours.logits, ours.labels), "images_per_sec": ours.images_per_sec,
+        **top_k_accuracy(ours.logits, ours.labels), "images_per_sec": ours.images_per_sec,
         "skipped_files": dict(sorted(dataset.skipped.items())),  # unreadable, not scored
     }  # fmt: skip
     if ours.torch_logits is not None:
@@ -139,7 +140,7 @@ def evaluate(
     if compare_antialias:
         other = predictions(_eval_dataset(data, data_dir, preprocessing, not antialias)).logits
         result["other_antialias"] = {
-            "antialias": not antialias, **_accuracy(other, ours.labels),
+            "antialias": not antialias, **top_k_accuracy(other, ours.labels),
             "top1_agreement": float(np.mean(ours.logits.argmax(-1) == other.argmax(-1))),
         }  # fmt: skip
     return result
@@ -210,7 +211,7 @@ def _predict(classifier, torch_model, dataset, batch_size: int, limit: int) -> _
 
 
 def _torch_comparison(p: _Predictions, top1: float) -> dict:
-    torch_accuracy = _accuracy(p.torch_logits, p.labels)
+    torch_accuracy = top_k_accuracy(p.torch_logits, p.labels)
     return {
         "torch": torch_accuracy,
         "top1_agreement": float(np.mean(p.logits.argmax(-1) == p.torch_logits.argmax(-1))),
@@ -226,14 +227,6 @@ def _eval_dataset(data: str, data_dir: str, preprocessing: Preprocessing, antial
                                        eval_resize=preprocessing.resize,
                                        eval_antialias=antialias)  # fmt: skip
     return load_eval_dataset(data, augmentation, data_dir=data_dir)
-
-
-def _accuracy(logits: np.ndarray, labels: np.ndarray) -> dict:
-    top5 = np.argsort(-logits, axis=-1)[:, :5]
-    return {
-        "top1": float(np.mean(top5[:, 0] == labels)),
-        "top5": float(np.mean(np.any(top5 == labels[:, None], axis=-1))),
-    }
 
 
 def _torch_model(name: str, variables, num_classes: int, spec: str | None):

@@ -16,13 +16,13 @@ import numpy as np
 from jaxnets_cli import classes
 from jaxnets_cli.evaluate import (
     Preprocessing,
-    _accuracy,
     _Classifier,
     _eval_dataset,
     _head_size,
     _predict,
     load_weights,
 )
+from train.metrics import top_k_accuracy
 
 
 @dataclasses.dataclass
@@ -115,14 +115,14 @@ def evaluate_protocols(
     labels = mapping.labels[labels]
     rows = [
         {"model": m.arch, "weights": m.source, "scales": p.scales, "crop": p.crop,
-         "views_per_image": p.views_per_image, **_accuracy(s, labels)}
+         "views_per_image": p.views_per_image, **top_k_accuracy(s, labels)}
         for m, p, s in zip(members, protocols, probabilities, strict=True)
     ]  # fmt: skip
     return {
         "data": data, "images": len(labels), "protocol": protocols[0].name if tta else "standard",
         "tta": tta, "views_per_image": sum(p.views_per_image for p in protocols),
         "classes": {"mapping": mapping.how, "summary": mapping.summary}, "members": rows,
-        **_accuracy(np.mean(probabilities, axis=0), labels),
+        **top_k_accuracy(np.mean(probabilities, axis=0), labels),
         "images_per_sec": len(labels) / seconds, "skipped_files": dict(sorted(skipped.items())),
     }  # fmt: skip
 

@@ -119,6 +119,15 @@ class ThroughputTimer:
         return self.images / max(self.seconds + running, 1e-9)
 
 
+def top_k_accuracy(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Top-1 and top-5 of (examples, classes) logits or probabilities against labels."""
+    top5 = np.argsort(-scores, axis=-1)[:, :5]
+    return {
+        "top1": float(np.mean(top5[:, 0] == labels)),
+        "top5": float(np.mean(np.any(top5 == labels[:, None], axis=-1))),
+    }
+
+
 def classification_report(
     labels: np.ndarray, predictions: np.ndarray, class_names: list[str]
 ) -> dict:

@@ -222,11 +222,9 @@ def evaluate_tta(config, state: TrainState, dataset: data_lib.Dataset) -> dict:
     scorer = tta.ViewScorer(member, protocol, dataset.num_classes, config.eval_batch_size)
     scores = tta.score_dataset([scorer], dataset.eval_examples(tta.view_function(protocol)),
                                dataset)  # fmt: skip
-    top5 = np.argsort(-scores.probabilities, axis=-1)[:, :5]
     return {
         "protocol": protocol.name, "views_per_image": protocol.views_per_image,
-        "top1": float(np.mean(top5[:, 0] == scores.labels)),
-        "top5": float(np.mean(np.any(top5 == scores.labels[:, None], axis=-1))),
+        **metrics_lib.top_k_accuracy(scores.probabilities, scores.labels),
         "images_per_sec": scores.images_per_sec,
     }  # fmt: skip
 

@@ -204,9 +204,13 @@ def _batch_norm_train_backward(epsilon, residuals, cotangents):
 _batch_norm_train.defvjp(_batch_norm_train_forward, _batch_norm_train_backward)
 
 
-# Output maps of at most this many pixels (a 4x4 map) are computed as one matrix product of the
-# kernel's taps on XLA:CPU (see conv2d).
-SMALL_MAP_PIXELS = 16
+# On XLA:CPU (see conv2d), output maps of at most this many pixels (a 2x2 map) are computed as
+# matrix products instead of XLA's convolution...
+SMALL_MAP_PIXELS = 4
+# ...as one product with a whole-map matrix where that matrix has at most this many elements
+# per example in the batch (building it, and reducing its gradient to the kernel's, is paid
+# once per batch), else as one product of each output pixel's taps.
+DENSE_ELEMENTS_PER_EXAMPLE = 32768
 
 
 class Conv(nn.Module):
@@ -270,9 +274,18 @@ def conv2d(
     - a 1x1 kernel without padding is one matrix product over the pixels it reads (its weight
       gradient would otherwise take a slow generic convolution: 54 ms against 7 ms for
       16x32x32x256 -> 64);
-    - an output map of at most SMALL_MAP_PIXELS pixels is one matrix product of the kernel's
-      taps (_conv_as_matmul), 12-24x faster at 2x2 and 1x1, as fast at 3x3 and 4x4, and slower
-      from 5x5 up, where XLA's convolution runs;
+    - an output map of at most SMALL_MAP_PIXELS pixels (2x2, 1x1) is a matrix product, 12-24x
+      faster than XLA's convolution there. Where the batch is large enough to pay for building
+      it (DENSE_ELEMENTS_PER_EXAMPLE), the product is with a dense matrix of the whole map
+      (_conv_as_dense), which reads the activations in place: no padded copy, and an input
+      gradient that is one more product; else it is the product of each output pixel's taps
+      side by side (_conv_as_matmul). Alone, the taps' product is as fast as XLA's
+      convolution at 3x3 and 4x4 and the whole-map product no faster than the taps' at 2x2;
+      inside the network XLA copies the BatchNorm and ReLU that produce the taps into each of
+      them (and re-adds the taps' padded gradients inside BatchNorm's backward reductions):
+      ResNet-18 at 32x32, batch 64, forward + backward, took 50 ms in layer2 (4x4 maps) with
+      the taps' product against 20 ms with XLA's convolution, and 43 ms in layer3 (2x2 maps)
+      against 30 ms with the whole-map product (scripts/bench_stages.py);
     - a grouped convolution (ResNeXt's 3x3, AlexNet-paper's) on a larger map is XLA's
       convolution forward and for the input gradient, and its kernel gradient that of the
       matrix product: XLA:CPU's grouped kernel gradient takes 5.9 s for ResNeXt-50's first
@@ -287,11 +300,11 @@ def conv2d(
             x = x[:, ::strides, ::strides, :]  # the pixels a strided 1x1 convolution reads
             y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel.reshape(kernel.shape[2:]))
             return y.reshape(*x.shape[:3], kernel.shape[-1])
-        out_h, out_w = (
-            _conv_out_size(size, k, strides, pads, dilation)
-            for size, k, pads in zip((h, w), (kh, kw), padding, strict=True)
-        )
+        out_h, out_w = _output_map(x, kernel, strides, padding, dilation)
         if 0 < out_h * out_w <= SMALL_MAP_PIXELS:
+            dense_elements = h * w * out_h * out_w * math.prod(kernel.shape[2:])
+            if groups == 1 and dense_elements <= x.shape[0] * DENSE_ELEMENTS_PER_EXAMPLE:
+                return _conv_as_dense(x, kernel, strides, padding, dilation)
             return _conv_as_matmul(x, kernel, strides, padding, dilation, groups)
         if groups > 1:
             return _grouped_conv(x, kernel, strides, padding, dilation, groups)
@@ -300,6 +313,14 @@ def conv2d(
 
 def _conv_out_size(size: int, kernel: int, stride: int, pads: tuple[int, int], dilation: int):
     return (size + sum(pads) - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _output_map(x, kernel, stride, padding, dilation) -> tuple[int, int]:
+    """The (height, width) of the convolution's output map."""
+    return tuple(
+        _conv_out_size(size, k, stride, pads, dilation)
+        for size, k, pads in zip(x.shape[1:3], kernel.shape[:2], padding, strict=True)
+    )
 
 
 def _tap_rows(size: int, out_size: int, offset: int, stride: int, before: int) -> bool:
@@ -340,6 +361,30 @@ def _conv_as_matmul(x, kernel, stride, padding, dilation, groups):
         columns = jnp.stack(taps, axis=-2).reshape(n, out_h, out_w, len(taps), groups, group_in)
         stacked = jnp.stack(weights).reshape(len(taps), group_in, groups, out // groups)
         y = jnp.einsum("nhwtgc,tcgo->nhwgo", columns, stacked)
+    return y.reshape(n, out_h, out_w, out)
+
+
+def _conv_as_dense(x, kernel, stride, padding, dilation):
+    """The convolution as one product of each flattened (H * W * C_in) input map with a dense
+    (H * W * C_in, OH * OW * C_out) matrix: block (input pixel, output pixel) is the kernel tap
+    that joins them, or zeros. Built from slices and concatenations only, so that its gradient
+    is slices and sums (a gather's would be a scatter)."""
+    n, h, w, c = x.shape
+    kh, kw, _, out = kernel.shape
+    out_h, out_w = _output_map(x, kernel, stride, padding, dilation)
+    zero = jnp.zeros(kernel.shape[2:], kernel.dtype)
+
+    def tap(in_row, in_col, out_row, out_col):
+        i, di = divmod(in_row - out_row * stride + padding[0][0], dilation)
+        j, dj = divmod(in_col - out_col * stride + padding[1][0], dilation)
+        return kernel[i, j] if not (di or dj) and 0 <= i < kh and 0 <= j < kw else zero
+
+    rows = [
+        jnp.concatenate([tap(r, q, o, p) for o in range(out_h) for p in range(out_w)], axis=1)
+        for r in range(h)
+        for q in range(w)
+    ]
+    y = jnp.dot(x.reshape(n, h * w * c), jnp.concatenate(rows, axis=0))
     return y.reshape(n, out_h, out_w, out)
 
 

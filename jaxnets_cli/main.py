@@ -13,7 +13,7 @@ import logging
 import math
 import sys
 
-from jaxnets import extras, stderr
+from jaxnets import extras
 
 USER_ERRORS = (
     ValueError,
@@ -507,7 +507,9 @@ def _require_train() -> None:
     extras.require("train", "this command")
     with contextlib.suppress(ImportError):
         import torchvision  # noqa: F401
-    stderr.import_quietly("tensorflow")
+    from train.entry import import_tensorflow
+
+    import_tensorflow()
 
 
 def _known_model(name: str) -> None:

@@ -10,7 +10,8 @@ with jaxlib's own flags (convolutions through YNNPACK), and uses XLA's reduce_wi
     python scripts/bench_ops.py [--steps 20]
 
 With --small-maps it times, forward + backward (input and kernel gradients), XLA's
-convolution against jaxnets.layers.conv2d's CPU forms on the small maps where they differ
+convolution against jaxnets.layers.conv2d's CPU forms (the product of each output pixel's
+taps, the product with a whole-map matrix) on the small maps where they differ
 (docs/performance.md, "Small maps" and "Grouped convolutions"):
 
     python scripts/bench_ops.py --small-maps [--steps 10]
@@ -125,6 +126,9 @@ SMALL_MAPS = {
     "5x5, 512->512, batch 32": (32, 5, 512, 512, 1, 1),
     "6x6, 512->512, batch 32": (32, 6, 512, 512, 1, 1),
     "8x8, 256->256, batch 64": (64, 8, 256, 256, 1, 1),
+    # ResNet-18's layer3 and layer4 at 32x32, batch 64 (the demo's shape).
+    "4x4 -> 2x2 stride 2, 128->256, batch 64": (64, 4, 128, 256, 2, 1),
+    "2x2, 256->256, batch 64": (64, 2, 256, 256, 1, 1),
     "32x32, 128->128 in 32 groups": (16, 32, 128, 128, 1, 32),
 }
 
@@ -134,18 +138,25 @@ def small_map_times(steps: int) -> None:
     import jax.numpy as jnp
 
     rng = np.random.default_rng(0)
-    print("| map, channels (batch 16 unless said) | XLA convolution ms | matrix product ms "
-          "| jaxnets conv2d ms |")  # fmt: skip
-    print("|---|---:|---:|---:|")
+    print("| map, channels (batch 16 unless said) | XLA convolution ms | taps' product ms "
+          "| whole-map product ms | jaxnets conv2d ms |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|")
     for label, (n, size, cin, cout, stride, groups) in SMALL_MAPS.items():
         x = jnp.asarray(rng.standard_normal((n, size, size, cin)), jnp.float32)
         w = jnp.asarray(rng.standard_normal((3, 3, cin // groups, cout)) * 0.05, jnp.float32)
-        row = [_conv_step_ms(form, x, w, stride, groups, steps) for form in FORMS]
-        print(f"| {label} | " + " | ".join(f"{ms:,.1f}" for ms in row) + " |")
+        row = [
+            # The whole-map matrix grows with the map's pixels squared: small maps only.
+            "n/a" if form == "dense" and (size > 4 or groups > 1)
+            else f"{_conv_step_ms(form, x, w, stride, groups, steps):,.1f}"
+            for form in FORMS
+        ]  # fmt: skip
+        print(f"| {label} | " + " | ".join(row) + " |")
 
 
-# XLA's convolution; the matrix product of the taps at any map size; what conv2d chooses.
-FORMS = ("xla", "matrix", "conv2d")
+# XLA's convolution; the product of each output pixel's taps and the product with a whole-map
+# matrix, at any map size; what conv2d chooses. form: (SMALL_MAP_PIXELS,
+# DENSE_ELEMENTS_PER_EXAMPLE) while tracing, None for conv2d's own.
+FORMS = {"xla": None, "taps": (10**9, 0), "dense": (10**9, 10**12), "conv2d": None}
 
 
 def _conv_step_ms(form: str, x, w, stride: int, groups: int, steps: int) -> float:
@@ -157,14 +168,15 @@ def _conv_step_ms(form: str, x, w, stride: int, groups: int, steps: int) -> floa
     def loss(x, w):
         return jnp.sum(layers.conv2d(x, w, stride, layers.pad2(1), 1, groups) ** 2)
 
-    threshold = layers.SMALL_MAP_PIXELS
-    layers.SMALL_MAP_PIXELS = 10**9 if form == "matrix" else threshold  # read when traced
+    saved = layers.SMALL_MAP_PIXELS, layers.DENSE_ELEMENTS_PER_EXAMPLE
+    if FORMS[form] is not None:  # read when traced
+        layers.SMALL_MAP_PIXELS, layers.DENSE_ELEMENTS_PER_EXAMPLE = FORMS[form]
     try:
         with layers.forms("xla" if form == "xla" else "cpu"):
             step = jax.jit(jax.grad(loss, argnums=(0, 1)))
             step(x, w)
     finally:
-        layers.SMALL_MAP_PIXELS = threshold
+        layers.SMALL_MAP_PIXELS, layers.DENSE_ELEMENTS_PER_EXAMPLE = saved
     return milliseconds(lambda: jax.block_until_ready(step(x, w)), steps)
 
 

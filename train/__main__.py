@@ -9,8 +9,6 @@ entry.start("train", {"train": "the training program"})
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jaxnets import stderr  # noqa: E402
-
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and summary go")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -20,7 +18,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-    stderr.import_quietly("tensorflow")  # its oneDNN start-up lines ignore every log level
+    entry.import_tensorflow()
     from train.train import NonFiniteLoss, TrainingInterrupted, train_and_evaluate
 
     try:

@@ -46,9 +46,14 @@ def convolution_geometries() -> list[tuple]:
     return sorted(seen)
 
 
+# The matrix-product forms are tested on output maps up to 4x4, beyond the 2x2 where conv2d
+# chooses them (layers.SMALL_MAP_PIXELS).
+TESTED_MAP_PIXELS = 16
+
+
 def small_map_cases():
-    """Each geometry at every input size whose output map the matrix-product form computes,
-    square and not."""
+    """Each geometry at every input size whose output map has at most TESTED_MAP_PIXELS
+    pixels, square and not."""
     cases = []
     for kernel, stride, padding, dilation, groups in convolution_geometries():
         if kernel == (1, 1) and padding == layers.pad2(0):
@@ -58,9 +63,7 @@ def small_map_cases():
                 (h, w)
                 for h, w in itertools.product(range(1, 9), repeat=2)
                 if (h == w or (h, w) == (2, 3))
-                and 0
-                < _out_pixels((h, w), kernel, stride, padding, dilation)
-                <= layers.SMALL_MAP_PIXELS
+                and 0 < _out_pixels((h, w), kernel, stride, padding, dilation) <= TESTED_MAP_PIXELS
             ]
         for size in sizes:
             cases.append((size, kernel, stride, padding, dilation, groups))
@@ -107,53 +110,73 @@ def test_the_geometries_include_every_kind_of_convolution():
     assert {g[4] for g in geometries} == {1, 32}  # groups
 
 
+def matrix_forms(groups: int) -> dict:
+    """The matrix-product forms that can compute a convolution of `groups` groups."""
+    forms = {"taps": layers._conv_as_matmul}
+    if groups == 1:
+        forms["dense"] = lambda x, k, stride, padding, dilation, groups: layers._conv_as_dense(
+            x, k, stride, padding, dilation
+        )
+    return forms
+
+
 def test_the_matrix_product_forms_equal_xla_convolution_in_float64():
     """Forward, input gradient and kernel gradient, to float64 rounding: the same sums of
-    products in another order. Every geometry, every small map, grouped ones on larger maps
-    too, in one jitted program (one compilation instead of one per operation and case)."""
+    products in another order. conv2d (whichever form it picks), and each matrix-product form
+    on every geometry and small map; grouped geometries on larger maps too. One jitted program
+    (one compilation instead of one per operation and case)."""
     rng = np.random.default_rng(0)
     small, grouped = small_map_cases(), grouped_cases()
-    cases = small + grouped
     assert len(small) > 40 and len(grouped) == 4
-    with jax.enable_x64(True):
-        inputs, forms = [], []
-        for (h, w), kernel, stride, padding, dilation, groups in cases:
-            per_group_in, per_group_out = 3, 2  # the geometry matters, not the width
-            options = {"padding": padding, "dilation": dilation, "groups": groups}
+    checks = []  # (case, form name, form, reference), each with its inputs below
+    inputs = []
+    for case in small + grouped:
+        (h, w), kernel, stride, padding, dilation, groups = case
+        per_group_in, per_group_out = 3, 2  # the geometry matters, not the width
+        options = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+        reference = functools.partial(xla_conv, **options)
+        forms = {"conv2d": functools.partial(layers.conv2d, strides=stride, padding=padding,
+                                             dilation=dilation, groups=groups)}  # fmt: skip
+        if case in small:
+            forms.update({name: functools.partial(form, **options)
+                          for name, form in matrix_forms(groups).items()})  # fmt: skip
+        with jax.enable_x64(True):
             x = rng.normal(size=(2, h, w, per_group_in * groups))
             k = rng.normal(size=(*kernel, per_group_in, per_group_out * groups))
-            y = jax.eval_shape(lambda x, k, s=stride, o=options: xla_conv(x, k, s, **o), x, k)
-            inputs.append((x, k, rng.normal(size=y.shape)))
-            forms.append(functools.partial(layers.conv2d, strides=stride, **options))
-            forms.append(functools.partial(xla_conv, stride=stride, **options))
+            y = jax.eval_shape(reference, x, k)
+            cotangent = rng.normal(size=y.shape)
+        for name, form in forms.items():
+            checks.append((case, name, form, reference))
+            inputs.append((x, k, cotangent))
 
-        def every_case(inputs):
-            results = []
-            for i, (x, k, cotangent) in enumerate(inputs):
-                for conv in forms[2 * i : 2 * i + 2]:
-                    results.append(forward_and_gradients(conv, x, k, cotangent))
-            return results
+    def every_check(inputs):
+        return [
+            (forward_and_gradients(form, *args), forward_and_gradients(reference, *args))
+            for (_, _, form, reference), args in zip(checks, inputs, strict=True)
+        ]
 
-        with layers.forms("cpu"):
-            # LLVM's optimizations take half of this large program's compile time and change
-            # no float64 result beyond rounding; the forms are chosen before them.
-            compiled = (
-                jax.jit(every_case)
-                .lower(inputs)
-                .compile(compiler_options={"xla_backend_optimization_level": 0})
-            )
-            results = compiled(inputs)
-            # No XLA convolution in the matrix-product forms. The grouped form keeps its
-            # forward pass (printed twice: as the primal and the differentiated forward) and
-            # its input gradient; XLA's kernel gradient would be a fourth.
-            for case, (x, k, cotangent), ours in zip(cases, inputs, forms[::2], strict=True):
-                jaxpr = jax.make_jaxpr(forward_and_gradients, static_argnums=0)
-                text = str(jaxpr(ours, x, k, cotangent))
-                assert text.count("conv_general_dilated") == (3 if case in grouped else 0), case
-    for case, ours, theirs in zip(cases, results[::2], results[1::2], strict=True):
+    with jax.enable_x64(True), layers.forms("cpu"):
+        # LLVM's optimizations take half of this large program's compile time and change
+        # no float64 result beyond rounding; the forms are chosen before them.
+        compiled = (
+            jax.jit(every_check)
+            .lower(inputs)
+            .compile(compiler_options={"xla_backend_optimization_level": 0})
+        )
+        results = compiled(inputs)
+        # No XLA convolution in the matrix-product forms. The grouped form on larger maps
+        # keeps its forward pass (printed twice: as the primal and the differentiated
+        # forward) and its input gradient; XLA's kernel gradient would be a fourth.
+        for (case, name, form, _), args in zip(checks, inputs, strict=True):
+            text = str(jax.make_jaxpr(forward_and_gradients, static_argnums=0)(form, *args))
+            convolutions = 3 if case in grouped else 0
+            if name != "conv2d" or case in grouped:
+                assert text.count("conv_general_dilated") == convolutions, (case, name)
+    assert {name for _, name, _, _ in checks} == {"conv2d", "taps", "dense"}
+    for (case, name, _, _), (ours, theirs) in zip(checks, results, strict=True):
         for a, b in zip(ours, theirs, strict=True):
-            assert a.shape == b.shape, case
-            assert relative_error(a, b) < 1e-12, case
+            assert a.shape == b.shape, (case, name)
+            assert relative_error(a, b) < 1e-12, (case, name)
 
 
 @pytest.mark.float32
@@ -171,11 +194,15 @@ def test_float32_errors_stay_within_the_dot_product_bound():
         magnitude = np.asarray(reference(jnp.asarray(np.abs(x64)), jnp.asarray(np.abs(k64))))
     bound = 9 * 512 * np.finfo(np.float32).eps * magnitude
     x32, k32 = jnp.asarray(x64, jnp.float32), jnp.asarray(k64, jnp.float32)
-    with layers.forms("cpu"):
-        ours = np.asarray(jax.jit(conv)(x32, k32))
-    assert np.all(np.abs(ours - exact) <= bound)
-    # And the error is rounding's, not a wrong tap's (an O(1) relative error).
-    assert relative_error(ours, exact) < 1e-5
+    options = {"stride": 1, "padding": layers.pad2(1), "dilation": 1, "groups": 1}
+    forms = {"conv2d": conv, **{name: functools.partial(form, **options)
+                                for name, form in matrix_forms(1).items()}}  # fmt: skip
+    for name, form in forms.items():
+        with layers.forms("cpu"):
+            ours = np.asarray(jax.jit(form)(x32, k32))
+        assert np.all(np.abs(ours - exact) <= bound), name
+        # And the error is rounding's, not a wrong tap's (an O(1) relative error).
+        assert relative_error(ours, exact) < 1e-5, name
 
 
 def test_other_backends_and_large_maps_keep_xla_convolution():
@@ -186,10 +213,10 @@ def test_other_backends_and_large_maps_keep_xla_convolution():
                 jax.make_jaxpr(lambda x, k: layers.conv2d(x, k, padding=layers.pad2(1)))(x, k)
             )
 
-    small, large = jnp.ones((1, 2, 2, 4)), jnp.ones((1, 5, 5, 4))
+    small, large = jnp.ones((1, 2, 2, 4)), jnp.ones((1, 3, 3, 4))
     assert "conv_general_dilated" in jaxpr(small, "xla")
     assert "conv_general_dilated" not in jaxpr(small, "cpu")
-    # A 5x5 output map: XLA's convolution is faster there.
+    # A 3x3 output map: XLA's convolution is as fast there alone, and faster in a network.
     assert "conv_general_dilated" in jaxpr(large, "cpu")
 
 

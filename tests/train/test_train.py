@@ -504,8 +504,9 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_the_next_run_starts_cle
     command = [sys.executable, "-m", "train", "--config", str(CONFIGS_DIGITS), *flags]
     full = subprocess.run(
         with_file_size_limit(100_000, command), capture_output=True, text=True, cwd=REPO,
-        # Without the tests' compilation cache, which JAX would warn is full too.
-        env={k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"},
+        # Without a compilation cache, which JAX would warn is full too.
+        env={**{k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"},
+             "JAXNETS_COMPILATION_CACHE": "0"},
     )  # fmt: skip
     assert full.returncode == 2
     assert full.stderr == (

@@ -17,7 +17,6 @@ entry.start("sweep", {"train": "the training program", "sweep": "python -m train
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jaxnets import stderr  # noqa: E402
 from train.sweep.study import METRICS, PRUNERS  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
@@ -53,7 +52,7 @@ def main(argv):
         print(report.report(study, workdir))
         return 0
     sweep = _sweep_from_flags()
-    stderr.import_quietly("tensorflow")  # its oneDNN start-up lines ignore every log level
+    entry.import_tensorflow()
     from train.train import TrainingInterrupted
 
     created = not sweep.workdir.exists()

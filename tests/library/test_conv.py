@@ -220,6 +220,22 @@ def test_other_backends_and_large_maps_keep_xla_convolution():
     assert "conv_general_dilated" in jaxpr(large, "cpu")
 
 
+def test_small_maps_take_the_whole_map_product_where_the_batch_pays_for_its_matrix():
+    def jaxpr(batch, channels):
+        x, k = jnp.ones((batch, 2, 2, channels)), jnp.ones((3, 3, channels, channels))
+        with layers.forms("cpu"):
+            conv = lambda x, k: layers.conv2d(x, k, padding=layers.pad2(1))
+            return str(jax.make_jaxpr(conv)(x, k))
+
+    # 4 x 4 blocks of 512 x 512: 4.2M elements, more than one example pays for: the taps,
+    # sliced from a padded copy of the map.
+    assert " pad[" in jaxpr(1, 512)
+    # The same at batch 128 (32,768 elements an example): one product with the whole-map
+    # matrix, the activations read as they are.
+    whole_map = jaxpr(128, 512)
+    assert " pad[" not in whole_map and "dot_general" in whole_map
+
+
 def test_the_conv_module_checks_its_groups():
     module = layers.Conv(6, (3, 3), feature_group_count=4)
     with pytest.raises(ValueError, match="6 output channels are not both divisible by 4 groups"):

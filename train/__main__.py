@@ -18,7 +18,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-    entry.import_tensorflow()
+    from train.data import needs_tensorflow
+
+    if needs_tensorflow(_CONFIG.value):
+        entry.import_tensorflow()  # quietly, before anything else imports it
     from train.train import NonFiniteLoss, TrainingInterrupted, train_and_evaluate
 
     try:

@@ -125,7 +125,16 @@ def test_training_lowers_the_loss_and_a_resumed_run_is_bit_identical(tmp_path):
     }  # fmt: skip
     for name in ["summary.json", "confusion_matrix.json", "confusion_matrix.png", "config.json"]:
         assert (tmp_path / "full" / name).is_file()
-    assert list((tmp_path / "full" / "tensorboard").glob("events.out.tfevents.*"))
+    # TensorBoard reads the same scalars (float32 in the event file), train and eval.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "full" / "tensorboard"))
+    events.Reload()
+    for split, name in [("train", "loss"), ("eval", "top1"), ("final", "macro_f1")]:
+        logged = [(line["step"], np.float32(line[name])) for line in lines
+                  if line["split"] == split]  # fmt: skip
+        shown = [(e.step, np.float32(e.value)) for e in events.Scalars(f"{split}/{name}")]
+        assert shown == logged and logged, (split, name)
 
     # Interrupted after step 4 (its checkpoint written), then the same command again.
     train_and_evaluate(tiny_config(max_steps=4, learning_rate=0.01), tmp_path / "resumed")
@@ -174,10 +183,15 @@ def test_four_devices_match_one_device_on_the_same_global_batch(tmp_path):
         "--config.checkpoint_every_steps=1", "--config.log_every_steps=1",
         "--config.progress_bar=False", "--config.augment=none", "--config.warmup_epochs=0",
         env={"XLA_FLAGS": with_xla_flag("--xla_force_host_platform_device_count=4"),
-             "JAX_PLATFORMS": "cpu"},
+             "JAX_PLATFORMS": "cpu", "PYTHONPROFILEIMPORTTIME": "1"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((tmp_path / "four" / "summary.json").read_text())["devices"] == 4
+    # A run on the in-memory digits never imports TensorFlow (its TensorBoard file included).
+    imported = {line.rpartition("|")[2].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}  # fmt: skip
+    assert "jax" in imported and "tensorflow" not in imported
+    assert list((tmp_path / "four" / "tensorboard").glob("events.out.tfevents.*"))
     _, one = final_params(tmp_path / "one", step=1)
     _, four = final_params(tmp_path / "four", step=1)
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four), strict=True):

@@ -93,6 +93,12 @@ def normalize_on_host(images: np.ndarray, dataset, dtype=np.float32) -> np.ndarr
     return ((images.astype(np.float32) - mean) / std).astype(dtype)
 
 
+def needs_tensorflow(config) -> bool:
+    """Whether a run of `config` reads its data through tf.data: every dataset but the
+    in-memory digits, and a final evaluation under a protocol (its views are TensorFlow ops)."""
+    return config.dataset != "digits" or bool(config.eval_tta)
+
+
 def load_dataset(config, shard: ProcessShard = SINGLE_PROCESS):
     """The dataset a config names, reading `shard`'s part of every batch.
 

@@ -4,6 +4,7 @@ report (per-class accuracy, macro-F1, confusion matrix as JSON and PNG)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -51,6 +52,9 @@ class MetricWriter:
         self._tb.close()
 
 
+_event_files = itertools.count()
+
+
 class EventFile:
     """A TensorBoard event file, written as TensorBoard's EventFileWriter writes one (Event
     protocol buffers in TFRecord framing, the first one naming the file version), through a
@@ -64,8 +68,10 @@ class EventFile:
 
         directory.mkdir(parents=True, exist_ok=True)
         now = time.time()
-        # TensorBoard's own file name: events.out.tfevents.<seconds>.<host>.<pid>.<index>
-        name = f"events.out.tfevents.{now:010.0f}.{socket.gethostname()}.{os.getpid()}.0"
+        # TensorBoard's own file name: events.out.tfevents.<seconds>.<host>.<pid>.<index>, the
+        # index counting this process's files (a resumed run in the same second is another).
+        index = next(_event_files)
+        name = f"events.out.tfevents.{now:010.0f}.{socket.gethostname()}.{os.getpid()}.{index}"
         self._event = event_pb2.Event
         self._records = RecordWriter(open(directory / name, "wb"))  # noqa: SIM115
         self._write(self._event(wall_time=now, file_version="brain.Event:2"))

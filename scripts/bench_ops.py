@@ -20,6 +20,7 @@ taps, the product with a whole-map matrix) on the small maps where they differ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -168,16 +169,25 @@ def _conv_step_ms(form: str, x, w, stride: int, groups: int, steps: int) -> floa
     def loss(x, w):
         return jnp.sum(layers.conv2d(x, w, stride, layers.pad2(1), 1, groups) ** 2)
 
+    rule = FORMS[form] or (layers.SMALL_MAP_PIXELS, layers.DENSE_ELEMENTS_PER_EXAMPLE)
+    with small_map_rule(*rule), layers.forms("xla" if form == "xla" else "cpu"):
+        step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        step(x, w)  # traced (and the rule read) here
+    return milliseconds(lambda: jax.block_until_ready(step(x, w)), steps)
+
+
+@contextlib.contextmanager
+def small_map_rule(small_map_pixels: int, dense_elements_per_example: int):
+    """jaxnets.layers.conv2d's small-map rule for the functions traced inside (see there)."""
+    from jaxnets import layers
+
     saved = layers.SMALL_MAP_PIXELS, layers.DENSE_ELEMENTS_PER_EXAMPLE
-    if FORMS[form] is not None:  # read when traced
-        layers.SMALL_MAP_PIXELS, layers.DENSE_ELEMENTS_PER_EXAMPLE = FORMS[form]
+    layers.SMALL_MAP_PIXELS = small_map_pixels
+    layers.DENSE_ELEMENTS_PER_EXAMPLE = dense_elements_per_example
     try:
-        with layers.forms("xla" if form == "xla" else "cpu"):
-            step = jax.jit(jax.grad(loss, argnums=(0, 1)))
-            step(x, w)
+        yield
     finally:
         layers.SMALL_MAP_PIXELS, layers.DENSE_ELEMENTS_PER_EXAMPLE = saved
-    return milliseconds(lambda: jax.block_until_ready(step(x, w)), steps)
 
 
 def main():

@@ -27,6 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
+from bench_ops import small_map_rule  # noqa: E402  (scripts/, this script's directory)
 from flax import linen as nn  # noqa: E402
 
 from jaxnets import layers  # noqa: E402
@@ -108,14 +109,9 @@ def torch_ms(module, shape, input_gradient: bool, steps: int) -> float:
 
 
 def with_rule(rule: str, fn, *args):
-    """fn(*args) with conv2d's small-map rule set to rule (restored after)."""
-    saved = layers.SMALL_MAP_PIXELS, layers.DENSE_ELEMENTS_PER_EXAMPLE
-    small, dense = (int(v) for v in rule.split(":"))
-    layers.SMALL_MAP_PIXELS, layers.DENSE_ELEMENTS_PER_EXAMPLE = small, dense
-    try:
+    """fn(*args) with conv2d's small-map rule "SMALL:DENSE" (bench_ops.small_map_rule)."""
+    with small_map_rule(*(int(v) for v in rule.split(":"))):
         return fn(*args)
-    finally:
-        layers.SMALL_MAP_PIXELS, layers.DENSE_ELEMENTS_PER_EXAMPLE = saved
 
 
 def stage_table(args, rules: list[str]) -> None:

@@ -97,6 +97,15 @@ def assert_matches_reference_module(name, variables, grads, reference, fresh, to
         np.testing.assert_array_equal(fresh.state_dict()[key].numpy(), value.numpy())
 
 
+def run_cli(capsys, *args):
+    """`jaxnets ARGS` in this process: (exit status, stdout, stderr)."""
+    from jaxnets_cli import main as cli
+
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture
 def highest_precision():
     import jax

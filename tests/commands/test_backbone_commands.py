@@ -6,20 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import torchvision_model
+from conftest import run_cli, torchvision_model
 from torch import nn
 
-import jaxnets_cli.main as cli
 from jaxnets import checkpoints
 from jaxnets.convert import from_torchvision
 
 SPEC = "dropout:0.5,linear:64,relu,dropout:0.3,linear:N"
-
-
-def run_cli(capsys, *args):
-    code = cli.main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def tuned_resnet18(classes=4):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import largest_file
+from conftest import largest_file, run_cli
 from torchvision.models._meta import _IMAGENET_CATEGORIES
 
 from jaxnets import checkpoints
@@ -25,12 +25,6 @@ from jaxnets_cli.evaluate import format_report
 
 GOLDFISH, PARACHUTE = ("n01443537", 1), ("n03888257", 701)
 SMALL = ("--resize", "73", "--crop", "64", "--batch-size", "4")
-
-
-def run_cli(capsys, *args):
-    code = cli.main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def tfds_file(relative: str) -> Path:

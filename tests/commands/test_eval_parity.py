@@ -6,16 +6,10 @@ import json
 import pytest
 import torch
 import torchvision
+from conftest import run_cli
 
-from jaxnets_cli import main as cli
 from jaxnets_cli.bench import format_table
 from jaxnets_cli.evaluate import preprocessing_for_file
-
-
-def run_cli(capsys, *args):
-    code = cli.main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import pytest
 import tensorflow as tf  # conftest has imported torchvision first (PORTING.md)
 import torch
 import torchvision
+from conftest import run_cli
 from PIL import Image
 
 from jaxnets.pretrained import imagenet_classes
-from jaxnets_cli import main as cli
 from jaxnets_cli.predict import Classifier, read_image
 from train.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from train.data.protocol import parse_protocol
@@ -20,12 +20,6 @@ from train.data.views import make_views
 
 SMALL = ("--resize", "73", "--crop", "64")
 FAVOURITE = 701  # parachute: a bias of 8 makes it every image's top-1
-
-
-def run_cli(capsys, *args):
-    code = cli.main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

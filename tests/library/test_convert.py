@@ -17,7 +17,7 @@ import pytest
 import safetensors.torch
 import torch
 import torchvision
-from conftest import largest_file, sweep, torchvision_model, with_file_size_limit
+from conftest import largest_file, run_cli, sweep, torchvision_model, with_file_size_limit
 
 import jaxnets
 from jaxnets import pretrained
@@ -282,12 +282,6 @@ def test_load_pretrained_from_an_explicit_path(hub, tmp_path):
 
 
 # --- command line -------------------------------------------------------------------------------
-
-
-def run_cli(capsys, *argv):
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_convert_command_both_ways(tmp_path, capsys, resnet18_state):

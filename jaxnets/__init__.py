@@ -8,6 +8,7 @@
                                          num_classes=10, reinit_head=True)
     logits = model.apply(variables, images_nhwc, train=False)
     state_dict = jaxnets.to_torchvision("resnet50", variables)
+    jaxnets.export_model("resnet50", variables, "onnx", "resnet50.onnx", layout="nchw")
 
     # Backbones: torchvision's node names, or timm-style feature stages.
     extractor = jaxnets.create_feature_extractor("resnet50", ["layer3", "layer4", "flatten"])
@@ -22,6 +23,7 @@ XLA:CPU flags are one explicit call, `jaxnets.use_fast_cpu_flags()`.
 # Importing the model families registers their builders.
 from jaxnets import alexnet, alexnet_paper, lenet, resnet, vgg  # noqa: F401
 from jaxnets.convert import from_torchvision, to_torchvision
+from jaxnets.deploy import export_model
 from jaxnets.features import (
     FeatureInfo,
     create_feature_extractor,
@@ -41,6 +43,7 @@ __all__ = [
     "ModelInfo",
     "create_feature_extractor",
     "create_model",
+    "export_model",
     "feature_info",
     "from_torchvision",
     "frozen_modules",

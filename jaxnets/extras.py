@@ -11,6 +11,7 @@ MODULES = {
               "matplotlib", "tqdm", "PIL"),
     "torch": ("torch", "torchvision"),
     "sweep": ("optuna",),
+    "export": ("onnx", "onnxruntime", "tensorflow"),
 }  # fmt: skip
 
 

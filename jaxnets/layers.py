@@ -625,5 +625,7 @@ def local_response_norm(
     channels = x.shape[-1]
     before = size // 2
     squares = jnp.pad(jnp.square(x), ((0, 0),) * (x.ndim - 1) + ((before, size - 1 - before),))
-    window = sum(squares[..., i : i + channels] for i in range(size))
+    # lax.slice, not indexing: with a symbolic batch size (jax.export, jaxnets.deploy)
+    # indexing traces to a gather.
+    window = sum(jax.lax.slice_in_dim(squares, i, i + channels, axis=-1) for i in range(size))
     return x / (k + alpha * window) ** beta

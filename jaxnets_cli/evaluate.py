@@ -94,13 +94,15 @@ def evaluate(
     name: str, weights: str, data: str, *, batch_size: int = 64, resize: int | None = None,
     crop: int | None = None, compare_torch: bool = False, limit: int = 0, data_dir: str = "",
     antialias: bool = True, compare_antialias: bool = False, by_position: bool = False,
-    head_spec: str | None = None,
+    head_spec: str | None = None, artifact: str | None = None,
 ) -> dict:  # fmt: skip
     """Top-1/top-5 and images/sec of jaxnets (and torchvision) on the evaluation split of `data`
     ('folder:PATH' or 'tfds:NAME'), its labels matched with the head by `map_classes`.
     compare_antialias: also evaluate with the other antialias setting and report how many top-1
     predictions change. by_position: take dataset labels as output indices, names unchecked.
-    head_spec: the custom head of a torchvision file (exports and workdirs record theirs)."""
+    head_spec: the custom head of a torchvision file (exports and workdirs record theirs).
+    artifact: an exported artifact of these weights (jaxnets export), also run in its own
+    runtime on the same batches: its top-1 and its agreement with the JAX model."""
     try:
         import torchvision  # noqa: F401  (before tensorflow imports: PORTING.md)
     except ImportError:
@@ -108,6 +110,7 @@ def evaluate(
             raise
 
     variables, preprocessing, head, spec = load_weights(name, weights, head_spec)
+    exported = _artifact_runner(artifact, name) if artifact else None  # fails before any work
     if resize is not None:
         preprocessing = dataclasses.replace(preprocessing, resize=resize, source="--resize")
     if crop is not None:
@@ -121,11 +124,11 @@ def evaluate(
     classifier = _Classifier(name, variables, batch_size, preprocessing.crop, spec)
     torch_model = _torch_model(name, variables, head_size, spec) if compare_torch else None
 
-    def predictions(dataset, torch_model=None) -> _Predictions:
-        p = _predict(classifier, torch_model, dataset, batch_size, limit)
+    def predictions(dataset, torch_model=None, exported=None) -> _Predictions:
+        p = _predict(classifier, torch_model, dataset, batch_size, limit, exported)
         return dataclasses.replace(p, labels=mapping.labels[p.labels])  # both frameworks' labels
 
-    ours = predictions(dataset, torch_model)
+    ours = predictions(dataset, torch_model, exported)
     result = {
         "model": name, "weights": str(weights), "data": data, "images": len(ours.labels),
         "resize": preprocessing.resize, "crop": preprocessing.crop, "antialias": antialias,
@@ -137,6 +140,13 @@ def evaluate(
     }  # fmt: skip
     if ours.torch_logits is not None:
         result.update(_torch_comparison(ours, result["top1"]))
+    if ours.artifact_logits is not None:
+        result["artifact"] = {
+            "path": artifact, **top_k_accuracy(ours.artifact_logits, ours.labels),
+            "top1_agreement": float(np.mean(
+                ours.logits.argmax(-1) == ours.artifact_logits.argmax(-1))),
+            "max_abs_logit_diff": float(np.abs(ours.logits - ours.artifact_logits).max()),
+        }  # fmt: skip
     if compare_antialias:
         other = predictions(_eval_dataset(data, data_dir, preprocessing, not antialias)).logits
         result["other_antialias"] = {
@@ -177,16 +187,34 @@ class _Predictions:
     torch_logits: np.ndarray | None
     labels: np.ndarray
     images_per_sec: float
+    artifact_logits: np.ndarray | None = None
 
 
-def _predict(classifier, torch_model, dataset, batch_size: int, limit: int) -> _Predictions:
+def _artifact_runner(path: str, name: str):
+    """normalized NHWC batch -> logits of an exported artifact, in its runtime."""
+    from jaxnets.deploy import runtime
+
+    description = runtime.read_metadata(Path(path))
+    if description.get("arch") != name:
+        raise ValueError(f"--artifact {path} holds {description.get('arch')}, not {name}")
+    if description.get("preprocessing"):
+        raise ValueError(f"--artifact {path} takes uint8 images (--include-preprocessing); "
+                         "evaluate one without")  # fmt: skip
+    run = runtime.load_runner(Path(path))
+    nchw = description["input"]["layout"] == "nchw"
+    return lambda batch: run(np.ascontiguousarray(batch.transpose(0, 3, 1, 2) if nchw else batch))
+
+
+def _predict(classifier, torch_model, dataset, batch_size: int, limit: int,
+             artifact=None) -> _Predictions:  # fmt: skip
     """Logits of the first `limit` (0: all) evaluation images, from jaxnets and, given a torch
-    model, from torchvision on the same normalized batches."""
+    model or an artifact, from torchvision or the artifact's runtime on the same normalized
+    batches."""
     import jax
 
     from train.data import normalize_on_host
 
-    ours, theirs, labels = [], [], []
+    ours, theirs, exported, labels = [], [], [], []
     seconds, seen = 0.0, 0
     with jax.default_matmul_precision("highest"):
         for images, batch_labels, mask in dataset.eval_batches(batch_size):
@@ -200,6 +228,8 @@ def _predict(classifier, torch_model, dataset, batch_size: int, limit: int) -> _
             labels.append(batch_labels[mask])
             if torch_model is not None:
                 theirs.append(torch_logits(torch_model, batch)[mask])
+            if artifact is not None:
+                exported.append(artifact(batch)[mask])
             seen += int(mask.sum())
     n = min(limit or seen, seen)
     return _Predictions(
@@ -207,6 +237,7 @@ def _predict(classifier, torch_model, dataset, batch_size: int, limit: int) -> _
         torch_logits=np.concatenate(theirs)[:n] if torch_model is not None else None,
         labels=np.concatenate(labels)[:n],
         images_per_sec=seen / seconds if seconds else float("nan"),
+        artifact_logits=np.concatenate(exported)[:n] if artifact is not None else None,
     )
 
 
@@ -302,6 +333,13 @@ def format_report(r: dict) -> str:
             f"antialias={o['antialias']}: top1 {o['top1']:.4f}  top5 {o['top5']:.4f}, same top-1 "
             f"prediction for {o['top1_agreement']:.4f} of the images"
         )
+    if "artifact" in r:
+        a = r["artifact"]
+        lines += [
+            f"artifact     top1 {a['top1']:.4f}  top5 {a['top5']:.4f}  ({a['path']})",
+            f"top-1 agreement with jaxnets {a['top1_agreement']:.4f}, max |logit diff| "
+            f"{a['max_abs_logit_diff']:.2e}",
+        ]
     return "\n".join(lines)
 
 

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_predict(commands)
     _add_parity(commands)
     _add_bench(commands)
+    _add_export(commands)
 
     args = parser.parse_args(argv)
     from jaxnets.xla_flags import use_fast_cpu_flags
@@ -127,6 +128,60 @@ def _add_convert(commands) -> None:
     convert.set_defaults(run=_convert)
 
 
+def _add_export(commands) -> None:
+    export = commands.add_parser(
+        "export",
+        help="weights -> ONNX, TF SavedModel, TFLite or StableHLO, checked in that runtime",
+        description="jaxnets export NAME --weights SRC --format onnx|savedmodel|tflite|stablehlo "
+        "--out PATH",
+    )  # fmt: skip
+    export.add_argument("name", help="architecture, e.g. resnet50")
+    export.add_argument(
+        "--weights", required=True,
+        help="anything jaxnets eval takes: a torchvision .pth/.safetensors file or tag, a "
+        "jaxnets export or a training workdir",
+    )  # fmt: skip
+    export.add_argument("--format", required=True, help="onnx, savedmodel, tflite or stablehlo")
+    export.add_argument(
+        "--out", required=True,
+        help="the artifact: FILE.onnx, FILE.tflite, FILE.stablehlo or a SavedModel directory",
+    )  # fmt: skip
+    export.add_argument(
+        "--input-size", type=int, nargs=2, metavar=("H", "W"),
+        help="the network's input (default: the weights' crop size)",
+    )  # fmt: skip
+    export.add_argument("--batch", type=int, help="a fixed batch size (default: dynamic)")
+    export.add_argument(
+        "--layout", default="nhwc", choices=["nhwc", "nchw"],
+        help="nchw takes torch's layout: the ONNX file is a drop-in for torch.onnx.export's",
+    )  # fmt: skip
+    export.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"],
+        help="bfloat16: savedmodel and stablehlo",
+    )  # fmt: skip
+    export.add_argument(
+        "--include-preprocessing", action="store_true",
+        help="take uint8 NHWC images of --image-size; the weights' resize, center crop and "
+        "normalization run inside the artifact",
+    )  # fmt: skip
+    export.add_argument(
+        "--image-size", type=int, nargs=2, metavar=("H", "W"),
+        help="with --include-preprocessing: the images' size (default: the weights' resize)",
+    )  # fmt: skip
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (13 to 21)")
+    export.add_argument("--quantize", choices=["int8"], help="post-training static int8")
+    export.add_argument(
+        "--calibration", metavar="DATA",
+        help="for --quantize: digits, folder:PATH or tfds:NAME, with the weights' preprocessing "
+        "(the training split where there is one; the report scores the evaluation split)",
+    )  # fmt: skip
+    export.add_argument("--calibration-images", type=int, default=512)
+    export.add_argument(
+        "--head", metavar="SPEC", help="the custom head of a torchvision file (see convert)"
+    )
+    export.set_defaults(run=_export)
+
+
 def _add_eval(commands) -> None:
     evaluate = commands.add_parser(
         "eval",
@@ -171,6 +226,11 @@ def _add_eval(commands) -> None:
     evaluate.add_argument(
         "--head", metavar="SPEC", help="the custom head of a torchvision file (see convert)"
     )
+    evaluate.add_argument(
+        "--artifact", metavar="PATH",
+        help="an artifact of these weights from jaxnets export (.onnx, .tflite, .stablehlo, a "
+        "SavedModel), run in its own runtime on the same batches: top-1 and agreement",
+    )  # fmt: skip
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(run=_eval)
 
@@ -269,10 +329,20 @@ def _add_bench(commands) -> None:
         "--models", help="comma-separated architectures (default: resnet50; with --matrix, the "
         "matrix's models)",
     )  # fmt: skip
-    bench.add_argument("--batch-size", type=int, default=16)
-    bench.add_argument("--image-size", type=int, default=128)
+    bench.add_argument(
+        "--task", default="train", choices=["train", "infer"],
+        help="infer: CPU inference in every deployment runtime (jaxnets_cli/bench_infer.py)",
+    )  # fmt: skip
+    bench.add_argument("--batch-size", type=int, help="default: 16 (train), 32 (infer)")
+    bench.add_argument("--image-size", type=int, help="default: 128 (train), 224 (infer)")
+    bench.add_argument("--runs", type=int, default=50, help="infer: batch-1 calls timed")
+    bench.add_argument(
+        "--runtimes", help="infer: a comma-separated subset of jaxnets_cli.bench_infer.RUNTIMES"
+    )
     bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "bf16"])
-    bench.add_argument("--steps", type=int, default=10, help="timed steps")
+    bench.add_argument(
+        "--steps", type=int, help="timed steps (default 10); infer: timed batches (default 3)"
+    )
     bench.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     bench.add_argument(
         "--rounds", type=int, default=1,
@@ -367,6 +437,22 @@ def _convert(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from jaxnets.deploy import FORMATS
+
+    _known_model(args.name)
+    if args.format not in FORMATS:
+        raise ValueError(f"--format {args.format!r}: expected one of {', '.join(FORMATS)}")
+    if args.format != "stablehlo":
+        extras.require("export", f"--format {args.format}")
+    _require_train()  # the weights' sources and calibration data are the training program's
+    if (args.batch is not None and args.batch < 1) or args.calibration_images < 1:
+        raise ValueError("--batch and --calibration-images must be >= 1")
+    from jaxnets_cli.export import run
+
+    return run(args)
+
+
 def _eval(args) -> int:
     _known_model(args.name)
     _require_train()
@@ -376,9 +462,9 @@ def _eval(args) -> int:
     from jaxnets_cli.protocols import evaluate_protocols, format_protocol_report
 
     if args.tta or args.scales or "," in args.weights:
-        if args.compare_torch or args.compare_antialias or args.no_antialias:
+        if args.compare_torch or args.compare_antialias or args.no_antialias or args.artifact:
             raise ValueError(
-                "--compare-torch, --compare-antialias and --no-antialias evaluate one "
+                "--compare-torch, --compare-antialias, --no-antialias and --artifact evaluate one "
                 "network's standard protocol: not with --tta or an ensemble"
             )
         result = evaluate_protocols(
@@ -394,7 +480,7 @@ def _eval(args) -> int:
         crop=args.crop, compare_torch=args.compare_torch, limit=args.limit,
         data_dir=args.data_dir, antialias=not args.no_antialias,
         compare_antialias=args.compare_antialias, by_position=args.by_position,
-        head_spec=args.head,
+        head_spec=args.head, artifact=args.artifact,
     )  # fmt: skip
     print(json.dumps(result) if args.json else format_report(result))
     return 0
@@ -458,6 +544,11 @@ def _parity_train(args) -> int:
 
 def _bench(args) -> int:
     _require_train()
+    if args.task == "infer":
+        return _bench_infer(args)
+    args.batch_size = 16 if args.batch_size is None else args.batch_size
+    args.image_size = 128 if args.image_size is None else args.image_size
+    args.steps = 10 if args.steps is None else args.steps
     from jaxnets_cli.bench import (
         MATRIX,
         BenchSettings,
@@ -495,6 +586,34 @@ def _bench(args) -> int:
     rows = run_matrix(settings) if args.matrix else run(settings)
     table = format_matrix(rows) if args.matrix else format_table(rows)
     print(json.dumps(rows) if args.json else table)
+    return 0
+
+
+def _bench_infer(args) -> int:
+    extras.require("torch", "--task infer")
+    extras.require("export", "--task infer")
+    from jaxnets_cli import bench_infer
+
+    if args.matrix or args.freeze or args.remat or args.frameworks:
+        raise ValueError("--matrix, --freeze, --remat and --frameworks are --task train's")
+    models = tuple(m.strip() for m in (args.models or "resnet18,resnet50,vgg16").split(","))
+    for name in models:
+        _known_model(name)
+    runtimes = tuple(r.strip() for r in (args.runtimes or ",".join(bench_infer.RUNTIMES))
+                     .split(","))  # fmt: skip
+    unknown = sorted(set(runtimes) - set(bench_infer.RUNTIMES))
+    if unknown:
+        raise ValueError(f"--runtimes: unknown {', '.join(unknown)} (expected some of "
+                         f"{', '.join(bench_infer.RUNTIMES)})")  # fmt: skip
+    settings = bench_infer.InferSettings(
+        models=models, image_size=224 if args.image_size is None else args.image_size,
+        batch_size=32 if args.batch_size is None else args.batch_size,
+        runs=args.runs, batches=3 if args.steps is None else args.steps, runtimes=runtimes,
+    )  # fmt: skip
+    if min(settings.image_size, settings.batch_size, settings.runs, settings.batches) < 1:
+        raise ValueError("--image-size, --batch-size, --runs and --steps must be >= 1")
+    rows = bench_infer.run(settings)
+    print(json.dumps(rows) if args.json else bench_infer.format_table(rows))
     return 0
 
 

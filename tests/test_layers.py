@@ -16,7 +16,8 @@ from jaxnets import extras
 LAYERS = {"jaxnets": 0, "train": 1, "jaxnets_cli": 2}  # a layer imports only lower numbers
 # The core install has absl (orbax needs it) and optax (flax declares it), so those two stay.
 IN_CORE = ("absl", "optax")
-BLOCKED = tuple(m for m in extras.MODULES["train"] + extras.MODULES["torch"] if m not in IN_CORE)
+OPTIONAL = extras.MODULES["train"] + extras.MODULES["torch"] + extras.MODULES["export"]
+BLOCKED = tuple(dict.fromkeys(m for m in OPTIONAL if m not in IN_CORE))
 
 
 def imported_packages(path: Path) -> set[str]:
@@ -48,7 +49,7 @@ def test_the_library_imports_no_extra_at_module_level():
                for alias in node.names}  # fmt: skip
         top |= {node.module.split(".")[0] for node in tree.body
                 if isinstance(node, ast.ImportFrom) and node.module}  # fmt: skip
-        optional = set(extras.MODULES["train"] + extras.MODULES["torch"])
+        optional = set(OPTIONAL)
         assert not top & optional, f"{path.name} imports {top & optional} at module level"
 
 
@@ -85,6 +86,14 @@ def test_the_library_works_without_the_extras(tmp_path):
             jaxnets.from_torchvision("resnet18", sys.argv[1] + "/w.pth")
         except Exception as e:
             print(type(e).__name__, e)
+        # StableHLO needs JAX alone; ONNX names its extra.
+        jaxnets.export_model("resnet18", back, "stablehlo", sys.argv[1] + "/m.stablehlo",
+                             input_size=(32, 32))
+        try:
+            jaxnets.export_model("resnet18", back, "onnx", sys.argv[1] + "/m.onnx")
+        except Exception as e:
+            print(type(e).__name__, e)
+        assert sorted(os.listdir(sys.argv[1])).count("m.onnx") == 0
         from jaxnets_cli.main import main
         assert main(["convert", "resnet18", "--weights", sys.argv[1] + "/w.safetensors",
                      "--out", sys.argv[1] + "/cli-export"]) == 0
@@ -97,6 +106,8 @@ def test_the_library_works_without_the_extras(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "ok"
     assert "needs the [torch] extra" in done.stdout
+    assert "needs the [export] extra" in done.stdout
+    assert (tmp_path / "m.stablehlo").is_file()
 
 
 @pytest.mark.slow  # subprocesses

@@ -150,7 +150,8 @@ def _write_onnx(forward, spec, staging: Path, opset, description, quantize, cali
     float_model = staging.with_name(staging.name + ".float.onnx")
     try:
         onnx.save(model, str(float_model))
-        quantize_onnx(float_model, staging, calibration)
+        fixed = spec.shape[0] if isinstance(spec.shape[0], int) else None
+        quantize_onnx(float_model, staging, calibration, fixed)
     finally:
         float_model.unlink(missing_ok=True)
     quantized = onnx.load(str(staging))

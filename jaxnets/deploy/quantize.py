@@ -16,9 +16,11 @@ import numpy as np
 CALIBRATION_BATCH = 16
 
 
-def quantize_onnx(float_model: Path, quantized_model: Path, calibration: np.ndarray) -> None:
+def quantize_onnx(float_model: Path, quantized_model: Path, calibration: np.ndarray,
+                  batch: int | None = None) -> None:  # fmt: skip
     """Writes the int8 model of `float_model`, its activation ranges calibrated on
-    `calibration` (images as the float model takes them, batch first)."""
+    `calibration` (images as the float model takes them, batch first); `batch`: the model's
+    fixed batch size (the images beyond its last whole batch are left out)."""
     import logging
 
     from onnxruntime.quantization import CalibrationDataReader, quantize_static
@@ -26,8 +28,15 @@ def quantize_onnx(float_model: Path, quantized_model: Path, calibration: np.ndar
 
     class Batches(CalibrationDataReader):
         def __init__(self):
-            count = max(1, len(calibration) // CALIBRATION_BATCH)
-            self._batches = iter(np.array_split(calibration, count))
+            if batch is None:
+                count = max(1, len(calibration) // CALIBRATION_BATCH)
+                self._batches = iter(np.array_split(calibration, count))
+            else:
+                if len(calibration) < batch:
+                    raise ValueError(f"{len(calibration)} calibration images: fewer than the "
+                                     f"fixed batch of {batch}")  # fmt: skip
+                whole = len(calibration) // batch * batch
+                self._batches = iter(np.split(calibration[:whole], whole // batch))
 
         def get_next(self):
             batch = next(self._batches, None)

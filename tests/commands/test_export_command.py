@@ -14,12 +14,13 @@ from jaxnets import extras
 
 @pytest.fixture(scope="module")
 def digits_workdir(tmp_path_factory):
-    """ResNet-18 trained briefly on the digits at 32x32, as `make demo` trains it."""
+    """LeNet-5 trained briefly on the digits at 32x32 (the demo's ResNet-18 takes a minute:
+    its figures are in docs/export.md)."""
     from train.train import train_and_evaluate
 
     workdir = tmp_path_factory.mktemp("digits")
-    config = tiny_config(model="resnet18", image_size=32, batch_size=32, max_steps=80,
-                         learning_rate=0.05, checkpoint_every_steps=80)  # fmt: skip
+    config = tiny_config(model="lenet5", image_size=32, batch_size=32, max_steps=150,
+                         learning_rate=0.05, checkpoint_every_steps=150)  # fmt: skip
     train_and_evaluate(config, workdir)
     return workdir
 
@@ -27,12 +28,12 @@ def digits_workdir(tmp_path_factory):
 @pytest.mark.slow  # a training run
 def test_digits_model_in_onnx_runtime_scores_as_jaxnets_eval(digits_workdir, tmp_path, capsys):
     fp32 = tmp_path / "digits.onnx"
-    code, out, err = run_cli(capsys, "export", "resnet18", "--weights", str(digits_workdir),
+    code, out, err = run_cli(capsys, "export", "lenet5", "--weights", str(digits_workdir),
                              "--format", "onnx", "--out", str(fp32),
                              "--layout", "nchw")  # fmt: skip
     assert code == 0, err
     assert "checked against JAX" in out and "Transpose" not in out
-    code, out, err = run_cli(capsys, "eval", "resnet18", "--weights", str(digits_workdir),
+    code, out, err = run_cli(capsys, "eval", "lenet5", "--weights", str(digits_workdir),
                              "--data", "digits", "--artifact", str(fp32), "--json")  # fmt: skip
     assert code == 0, err
     result = json.loads(out)
@@ -41,14 +42,16 @@ def test_digits_model_in_onnx_runtime_scores_as_jaxnets_eval(digits_workdir, tmp
     assert result["artifact"]["top1"] == result["top1"]
 
     int8 = tmp_path / "digits-int8.onnx"
-    code, out, err = run_cli(capsys, "export", "resnet18", "--weights", str(digits_workdir),
+    code, out, err = run_cli(capsys, "export", "lenet5", "--weights", str(digits_workdir),
                              "--format", "onnx", "--out", str(int8), "--quantize", "int8",
                              "--calibration", "digits", "--calibration-images", "128",
                              "--batch", "7")  # fmt: skip
     assert code == 0, err
     assert "int8 on 360 held-out images" in out
-    assert int8.stat().st_size < 0.26 * fp32.stat().st_size
-    code, out, err = run_cli(capsys, "eval", "resnet18", "--weights", str(digits_workdir),
+    # LeNet-5's 62k weights: scales, biases and the graph are a larger share than a ResNet's
+    # (ResNet-18: 25.3%, docs/export.md).
+    assert int8.stat().st_size < 0.35 * fp32.stat().st_size
+    code, out, err = run_cli(capsys, "eval", "lenet5", "--weights", str(digits_workdir),
                              "--data", "digits", "--artifact", str(int8), "--json")  # fmt: skip
     artifact = json.loads(out)["artifact"]
     assert artifact["top1_agreement"] >= 0.97 and artifact["top1"] > result["top1"] - 0.03

@@ -51,9 +51,9 @@ def load_runner(path: Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarr
     An artifact with a fixed batch size runs batches of that size, the last zero-padded."""
     path = Path(path)
     fmt = artifact_format(path)
-    run = {"onnx": _onnx, "savedmodel": _savedmodel, "tflite": _tflite,
-           "stablehlo": _stablehlo}[fmt](path, threads)  # fmt: skip
-    batch = read_metadata(path).get("input", {}).get("shape", ["batch"])[0]
+    # Each runtime reports its input's batch size: an int when it is fixed.
+    run, batch = {"onnx": _onnx, "savedmodel": _savedmodel, "tflite": _tflite,
+                  "stablehlo": _stablehlo}[fmt](path, threads)  # fmt: skip
     return run if not isinstance(batch, int) else _in_batches_of(batch, run)
 
 
@@ -83,7 +83,8 @@ def _onnx(path: Path, threads: int):
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types
         raise ValueError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0]})") from None
-    return lambda images: session.run(["logits"], {"input": images})[0]
+    batch = session.get_inputs()[0].shape[0]  # "batch" when dynamic
+    return (lambda images: session.run(["logits"], {"input": images})[0]), batch
 
 
 def _savedmodel(path: Path, threads: int):
@@ -91,7 +92,8 @@ def _savedmodel(path: Path, threads: int):
     import tensorflow as tf
 
     serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-    return lambda images: serve(input=tf.constant(images))["logits"].numpy()
+    batch = serve.structured_input_signature[1]["input"].shape[0]  # None when dynamic
+    return (lambda images: serve(input=tf.constant(images))["logits"].numpy()), batch
 
 
 def _tflite(path: Path, threads: int):
@@ -99,7 +101,8 @@ def _tflite(path: Path, threads: int):
     import tensorflow as tf
 
     interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads or None)
-    (entry,), (exit_,) = interpreter.get_input_details(), interpreter.get_output_details()
+    interpreter.allocate_tensors()
+    (entry,), (result,) = interpreter.get_input_details(), interpreter.get_output_details()
 
     def run(images: np.ndarray) -> np.ndarray:
         if tuple(interpreter.get_input_details()[0]["shape"]) != images.shape:
@@ -107,11 +110,10 @@ def _tflite(path: Path, threads: int):
             interpreter.allocate_tensors()
         interpreter.set_tensor(entry["index"], images)
         interpreter.invoke()
-        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy()
+        return interpreter.get_tensor(result["index"]).copy()
 
-    interpreter.allocate_tensors()
-    del exit_
-    return run
+    batch = int(entry["shape_signature"][0])
+    return run, batch if batch > 0 else None
 
 
 def _stablehlo(path: Path, threads: int):
@@ -122,4 +124,5 @@ def _stablehlo(path: Path, threads: int):
     except Exception as e:  # flatbuffer errors of several kinds
         raise ValueError(f"{path}: not a serialized jax.export artifact ({e})") from None
     call = jax.jit(exported.call)
-    return lambda images: np.asarray(call(images))
+    batch = exported.in_avals[0].shape[0]  # symbolic when dynamic
+    return (lambda images: np.asarray(call(images))), batch

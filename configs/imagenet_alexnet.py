@@ -23,6 +23,7 @@ def get_config():
     config.learning_rate = 0.01
     config.weight_decay = 1e-4
     config.schedule = "step"
+    config.schedule_unit = "epoch"  # the reference trainer steps its scheduler once an epoch
     config.lr_step_epochs = 30
     config.log_every_steps = 100
     return config

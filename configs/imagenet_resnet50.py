@@ -26,6 +26,7 @@ def get_config():
     config.momentum = 0.9
     config.weight_decay = 1e-4
     config.schedule = "step"
+    config.schedule_unit = "epoch"  # the reference trainer steps its scheduler once an epoch
     config.lr_step_epochs = 30
     config.lr_gamma = 0.1
     config.dtype = "bfloat16"

@@ -23,7 +23,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -206,20 +206,31 @@ def save_state_dict(state: Mapping[str, np.ndarray], path: PathLike) -> Path:
     suffix = path.suffix.lower()
     if suffix not in (*TORCH_SUFFIXES, ".safetensors"):
         raise ConversionError(f"{path}: unknown output format {suffix!r}; use .pth or .safetensors")
+    # np.require, not np.ascontiguousarray: that one makes a 0-d num_batches_tracked 1-d.
+    arrays = {k: np.require(v, requirements="C") for k, v in state.items()}
+    if suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        return write_atomically(path, lambda tmp: save_file(arrays, tmp))
+    extras.require("torch", f"{path}: writing a PyTorch file (.safetensors needs no torch)")
+    import torch
+
+    tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    return write_atomically(path, lambda tmp: torch.save(tensors, tmp))
+
+
+def write_atomically(path: PathLike, write: Callable[[str], object]) -> Path:
+    """`write(tmp)` to a file beside `path`, then renamed to it: the file appears whole or not
+    at all. It gets the mode a plain open() would give (mkstemp's is 0600)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        if suffix == ".safetensors":
-            from safetensors.numpy import save_file
-
-            save_file(arrays, tmp)
-        else:
-            extras.require("torch", f"{path}: writing a PyTorch file (.safetensors needs no torch)")
-            import torch
-
-            torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, tmp)
+        write(tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -99,7 +99,8 @@ def _add_convert(commands) -> None:
         "convert",
         help="torchvision weights -> jaxnets export directory, or back with --from-jax",
         description="jaxnets convert NAME --weights FILE|TAG --out DIR, or "
-        "jaxnets convert NAME --from-jax DIR --out FILE.pth|FILE.safetensors",
+        "jaxnets convert NAME --from-jax DIR --out FILE.pth|FILE.safetensors "
+        "[--format torchvision-checkpoint]",
     )
     convert.add_argument("name", help="architecture, e.g. resnet50")
     source = convert.add_mutually_exclusive_group(required=True)
@@ -112,6 +113,12 @@ def _add_convert(commands) -> None:
         "--from-jax", metavar="DIR", help="a jaxnets export directory or a training workdir"
     )
     convert.add_argument("--out", required=True, help="output directory (or .pth/.safetensors)")
+    convert.add_argument(
+        "--format", choices=("state-dict", "torchvision-checkpoint"), default="state-dict",
+        help="with --from-jax: a state_dict (default), or a training workdir as the checkpoint "
+        "torchvision's reference trainer resumes ({model, optimizer, lr_scheduler, epoch, "
+        "model_ema, args}; a .pth)",
+    )  # fmt: skip
     convert.add_argument("--num-classes", type=int, help="classes of the new model's head")
     convert.add_argument(
         "--reinit-head", action="store_true", help="drop a head of another size and start anew"
@@ -395,6 +402,15 @@ def _convert(args) -> int:
 
     _known_model(args.name)
     spec = canonical(args.head)  # a head spec that does not parse fails before any file is read
+    if args.format == "torchvision-checkpoint":
+        if not args.from_jax or not args.out.endswith(".pth"):
+            raise ValueError("--format torchvision-checkpoint: from a training workdir "
+                             "(--from-jax DIR) to a .pth file")  # fmt: skip
+        extras.require("torch", "--format torchvision-checkpoint")
+        from jaxnets_cli import torchvision_checkpoint
+
+        print(torchvision_checkpoint.write(args.name, args.from_jax, args.out))
+        return 0
     if args.from_jax:
         if args.head or args.features_only:
             raise ValueError("--head/--features-only describe torch weights; an export or a "

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ml_collections
 
-SCHEDULES = ("cosine", "step", "multistep", "constant")
+SCHEDULES = ("cosine", "step", "multistep", "exponential", "constant")
+SCHEDULE_UNITS = ("step", "epoch")
+WARMUP_METHODS = ("linear", "constant")
 AUGMENTATIONS = ("none", "pad_crop", "random_resized_crop")
 DTYPES = ("float32", "bfloat16")
 
@@ -67,8 +69,17 @@ def base_config() -> ml_collections.ConfigDict:
     # None: same as weight_decay (torchvision's --norm-weight-decay / --bias-weight-decay)
     c.norm_weight_decay = ml_collections.FieldReference(None, field_type=float)
     c.bias_weight_decay = ml_collections.FieldReference(None, field_type=float)
+    # Schedules with torchvision's reference-trainer formulas (train/optim.py): cosine (to
+    # lr_min), step (every lr_step_epochs after the warmup), multistep (at the epochs
+    # lr_milestones), exponential (lr_gamma per epoch), constant.
     c.schedule = "cosine"
-    c.warmup_epochs = 0.0
+    # "epoch": one rate per epoch, as torchvision's trainer steps its scheduler; "step": the
+    # same curve at each step's fractional epoch.
+    c.schedule_unit = "step"
+    c.warmup_epochs = 0.0  # a whole number with schedule_unit="epoch"
+    c.lr_warmup_method = "linear"  # linear (LinearLR) | constant (ConstantLR)
+    c.lr_warmup_decay = 0.01  # the warmup's first factor (torchvision's --lr-warmup-decay)
+    c.lr_min = 0.0  # cosine's floor (torchvision's --lr-min)
     c.lr_step_epochs = 30  # schedule=step: decay every this many epochs
     c.lr_milestones = ()  # schedule=multistep: epochs at which to decay
     c.lr_gamma = 0.1
@@ -148,6 +159,15 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
         (0 <= config.ema_decay < 1, "ema_decay", "in [0, 1)"),
         (config.grad_clip_norm >= 0, "grad_clip_norm", ">= 0"),
         (config.warmup_epochs >= 0, "warmup_epochs", ">= 0"),
+        (config.schedule_unit in SCHEDULE_UNITS, "schedule_unit", f"one of {SCHEDULE_UNITS}"),
+        (config.lr_warmup_method in WARMUP_METHODS, "lr_warmup_method", f"one of {WARMUP_METHODS}"),
+        (0 < config.lr_warmup_decay <= 1, "lr_warmup_decay", "in (0, 1]"),
+        (0 <= config.lr_min < config.learning_rate, "lr_min", "in [0, learning_rate)"),
+        (
+            config.schedule_unit == "step" or float(config.warmup_epochs).is_integer(),
+            "warmup_epochs",
+            'a whole number of epochs with schedule_unit="epoch"',
+        ),
         (0 <= config.dropout < 1, "dropout", "in [0, 1)"),
         (config.lr_step_epochs > 0, "lr_step_epochs", "> 0"),
         (config.keep_checkpoints > 0, "keep_checkpoints", "> 0"),

@@ -8,33 +8,57 @@ computes exactly that, Nesterov included (g + momentum * buf).
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
 
 def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
-    """Per-step schedule: linear warmup, then cosine to zero, step or multi-step decay, or flat.
+    """The learning rate at each step, with the formulas of torchvision's reference trainer:
+    `SequentialLR([warmup, main], milestones=[warmup_epochs])`, where the warmup is
+    `LinearLR(start_factor=lr_warmup_decay)` or `ConstantLR(factor=lr_warmup_decay)` and the main
+    schedule counts its epochs from the warmup's end: `CosineAnnealingLR(T_max=num_epochs -
+    warmup_epochs, eta_min=lr_min)`, `StepLR(lr_step_epochs, lr_gamma)`,
+    `ExponentialLR(lr_gamma)` or a constant. `multistep` decays by lr_gamma at the absolute
+    epochs lr_milestones.
 
-    Step decays happen at epoch boundaries, as torch's StepLR/MultiStepLR stepped per epoch do.
+    config.schedule_unit says how often the rate changes. "epoch": once per epoch, as the
+    reference trainer steps its scheduler, so each epoch runs at one rate and the cosine never
+    reaches lr_min. "step": the same curves evaluated at each step's fractional epoch.
     """
-    total = config.num_epochs * steps_per_epoch
-    warmup = int(config.warmup_epochs * steps_per_epoch)
-    base = config.learning_rate
-    if config.schedule == "cosine":
-        main = optax.cosine_decay_schedule(base, max(total - warmup, 1))
-    elif config.schedule == "constant":
-        main = optax.constant_schedule(base)
-    else:
+    per_epoch = steps_per_epoch if config.schedule_unit == "step" else 1
+    warmup = int(config.warmup_epochs * per_epoch)  # in ticks: steps or whole epochs
+    total = config.num_epochs * per_epoch
+    base, gamma, decay = config.learning_rate, config.lr_gamma, config.lr_warmup_decay
+    milestones = jnp.asarray([m * per_epoch for m in config.lr_milestones] or [total + 1])
+
+    def main(t):  # ticks since the warmup ended
+        if config.schedule == "cosine":
+            # (1 + cos(pi t / T)) / 2 as sin^2(pi (T - t) / 2T): no cancellation near the end,
+            # where the float32 cosine is within an ulp of -1.
+            remaining = (total - warmup - t) / max(total - warmup, 1)
+            return config.lr_min + (base - config.lr_min) * jnp.sin(jnp.pi / 2 * remaining) ** 2
         if config.schedule == "step":
-            epochs = range(config.lr_step_epochs, config.num_epochs, config.lr_step_epochs)
+            return base * gamma ** jnp.floor(t / (config.lr_step_epochs * per_epoch))
+        if config.schedule == "exponential":
+            return base * gamma ** (t / per_epoch)
+        if config.schedule == "multistep":
+            passed = jnp.sum(jnp.expand_dims(t + warmup, -1) >= milestones, axis=-1)
+            return base * gamma**passed
+        return base * jnp.ones_like(t)
+
+    def schedule(step):
+        tick = step if config.schedule_unit == "step" else step // steps_per_epoch
+        tick = jnp.asarray(tick, jnp.result_type(float))  # float64 where x64 is on
+        if not warmup:
+            return main(tick)
+        if config.lr_warmup_method == "linear":
+            factor = decay + (1 - decay) * tick / warmup
         else:
-            epochs = config.lr_milestones
-        boundaries = {int(e * steps_per_epoch) - warmup: config.lr_gamma for e in epochs}
-        main = optax.piecewise_constant_schedule(base, boundaries)
-    if not warmup:
-        return main
-    ramp = optax.linear_schedule(base / max(warmup, 1), base, warmup)
-    return optax.join_schedules([ramp, main], [warmup])
+            factor = decay
+        return jnp.where(tick < warmup, base * factor, main(tick - warmup))
+
+    return schedule
 
 
 def _decay_groups(params) -> dict[str, object]:

@@ -320,6 +320,7 @@ def train_and_evaluate(config, workdir: str | Path, after_epoch=None) -> dict:
     state = create_train_state(config, model, variables, steps_per_epoch)
     meta = checkpoints.describe(config.model, config.dataset, dataset.class_names,
                                 dataset.image_shape, head=config.head or None)  # fmt: skip
+    meta["steps_per_epoch"] = steps_per_epoch  # where a step falls in epochs, for other trainers
     manager = checkpoints.manager(workdir, max_to_keep=config.keep_checkpoints)
     # Replicated first: a restore takes the shardings of the state it is given.
     state = restore_or_keep(manager, jax.device_put(state, shardings.replicated), meta,

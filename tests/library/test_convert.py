@@ -306,6 +306,12 @@ def test_convert_command_both_ways(tmp_path, capsys, resnet18_state):
             str(out_file),
         )  # fmt: skip
         assert code == 0
+        written = (torch.load(out_file) if suffix == "pth"
+                   else safetensors.torch.load_file(out_file))  # fmt: skip
+        # Every tensor as torch writes it: num_batches_tracked 0-d, not (1,).
+        assert {k: v.shape for k, v in written.items()} == {
+            k: v.shape for k, v in resnet18_state.items()
+        }
         model = torchvision.models.resnet18(num_classes=10)
         model.load_state_dict(
             {k: torch.from_numpy(v) for k, v in load_state_dict(out_file).items()}, strict=True

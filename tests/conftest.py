@@ -127,6 +127,15 @@ ALL_MODELS = jaxnets.list_models()
 TORCHVISION_MODELS = sorted(TORCHVISION_PARAMS)  # those with a torchvision original
 # Families from the papers, each checked against a torch module written in its test file.
 HISTORIC_MODELS = ["alexnet_paper", "lenet5"]
+# One depth of each kind of layer stack: the deeper VGGs and the 101/152-layer ResNets,
+# ResNeXts and Wide ResNets repeat these stacks' blocks in greater numbers (their logits and
+# every feature node are still checked against torchvision, all 19, in test_parity.py). The
+# per-layer training checks, which compile a backward pass per model, run on these.
+ONE_DEPTH_A_KIND = [
+    n for n in ALL_MODELS
+    if n not in ("vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "resnet101",
+                 "resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2")
+]  # fmt: skip
 
 
 # Data for the input-pipeline and training tests.

@@ -142,9 +142,9 @@ def _as_input(images: np.ndarray, layout: str) -> np.ndarray:
 
 
 def _calibration_data(args, preprocessing, variables, spec):
-    """(calibration images, (held-out images, labels)): NHWC normalized float32. Calibration
-    reads the training split where the data has one at hand (digits, a folder's train/), the
-    report the evaluation split."""
+    """(calibration images, (held-out images, labels)): NHWC normalized float32, never the same
+    images. Calibration reads the training split where the data has one at hand (digits, a
+    folder's train/) and the report the evaluation split; with one split, they divide it."""
     import jaxnets
     from jaxnets.heads import head_classes
     from train.data import load_digits, load_eval_dataset, normalize_on_host, tfdata
@@ -158,13 +158,20 @@ def _calibration_data(args, preprocessing, variables, spec):
         raise ValueError(f"--calibration {data} has {evaluation.num_classes} classes, the "
                          f"weights {classes}")  # fmt: skip
     count = args.calibration_images
+    train = Path(data.partition(":")[2]) / "train"
     if data == "digits":
         calibration = load_digits(crop).train_images[:count]
+    elif data.startswith("folder:") and train.is_dir():
+        train_split = load_eval_dataset(f"folder:{train}", augmentation)
+        calibration = _images(train_split, count, normalize_on_host)[0]
     else:
-        train = Path(data.partition(":")[2]) / "train"
-        source = load_eval_dataset(f"folder:{train}", augmentation) if (
-            data.startswith("folder:") and train.is_dir()) else evaluation  # fmt: skip
-        calibration = _images(source, count, normalize_on_host)[0]
+        # One split only (a TFDS evaluation split, a folder without train/): the first
+        # `count` images calibrate, the ones after them are the held-out report's.
+        images, labels = _images(evaluation, count + HELD_OUT_IMAGES, normalize_on_host)
+        if len(images) <= count:
+            raise ValueError(f"--calibration {data}: its {len(images)} images leave none to "
+                             f"score int8 on after --calibration-images {count}")  # fmt: skip
+        return images[:count], (images[count:], labels[count:])
     held_out = _images(evaluation, HELD_OUT_IMAGES, normalize_on_host)
     return calibration, held_out
 

@@ -140,3 +140,33 @@ def test_bench_infer(capsys):
     assert all(r["latency_ms_p90"] >= r["latency_ms_median"] > 0 for r in rows.values())
     code, _, err = run_cli(capsys, "bench", "--task", "infer", "--runtimes", "tensorrt")
     assert code == 2 and "unknown tensorrt" in err
+
+
+def test_calibration_and_its_report_never_share_an_image(image_folder, tmp_path):
+    """With one split (a folder without train/, as a TFDS evaluation split), calibration takes
+    its first images and the int8 report the rest; too few images is a one-line error."""
+    import shutil
+    import types
+
+    import jax
+    import numpy as np
+
+    import jaxnets
+    from jaxnets_cli.export import _calibration_data
+
+    shutil.copytree(image_folder / "val", tmp_path / "only_val" / "val")  # 4 classes x 3
+    model = jaxnets.create_model("lenet5", num_classes=4)
+    variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
+    preprocessing = types.SimpleNamespace(crop=32, resize=0)
+
+    def calibrate(count):
+        args = types.SimpleNamespace(name="lenet5", input_size=None, calibration_images=count,
+                                     calibration=f"folder:{tmp_path / 'only_val'}")  # fmt: skip
+        return _calibration_data(args, preprocessing, variables, None)
+
+    calibration, (held_out, labels) = calibrate(5)
+    assert len(calibration) == 5 and len(held_out) == len(labels) == 7
+    flat = lambda images: {image.tobytes() for image in images}
+    assert not flat(calibration) & flat(held_out)
+    with pytest.raises(ValueError, match="its 12 images leave none to score int8 on after"):
+        calibrate(12)

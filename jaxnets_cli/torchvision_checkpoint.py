@@ -62,18 +62,12 @@ def write(name: str, workdir: str, out: str) -> str:
             **{f"module.{k}": v for k, v in _tensors(to_torchvision(name, ema)).items()},
         }
     write_atomically(out, lambda tmp: torch.save(checkpoint, tmp))
-    note = (
-        (
-            f"; the weights are {in_epoch} steps into epoch {epochs_done}, which the trainer "
-            "runs again from its start"
-        )
-        if in_epoch
-        else ""
-    )
-    return (
-        f"wrote {out} ({name}, torchvision reference-trainer checkpoint at epoch "
-        f"{epochs_done - 1}: --resume continues at epoch {epochs_done}{note})"
-    )
+    line = (f"wrote {out} ({name}, torchvision reference-trainer checkpoint at epoch "
+            f"{epochs_done - 1}: --resume continues at epoch {epochs_done}")  # fmt: skip
+    if in_epoch:
+        line += (f"; the weights are {in_epoch} steps into epoch {epochs_done}, which the "
+                 "trainer runs again from its start")  # fmt: skip
+    return line + ")"
 
 
 def _read_run(workdir: str):

@@ -22,6 +22,8 @@ from train.optim import learning_rate_schedule
 from train.state import create_model, create_train_state
 from train.train import train_and_evaluate
 
+pytestmark = pytest.mark.slow  # a training run (make test runs it, make test-fast does not)
+
 # 32 training images in batches of 16: 2 steps an epoch; the run stops after epoch 2 of 4.
 RUN = dict(
     schedule="cosine",

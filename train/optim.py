@@ -30,7 +30,6 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
     warmup = int(config.warmup_epochs * per_epoch)  # in ticks: steps or whole epochs
     total = config.num_epochs * per_epoch
     base, gamma, decay = config.learning_rate, config.lr_gamma, config.lr_warmup_decay
-    milestones = jnp.asarray([m * per_epoch for m in config.lr_milestones] or [total + 1])
 
     def main(t):  # ticks since the warmup ended
         if config.schedule == "cosine":
@@ -43,6 +42,7 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
         if config.schedule == "exponential":
             return base * gamma ** (t / per_epoch)
         if config.schedule == "multistep":
+            milestones = jnp.asarray([m * per_epoch for m in config.lr_milestones])
             passed = jnp.sum(jnp.expand_dims(t + warmup, -1) >= milestones, axis=-1)
             return base * gamma**passed
         return base * jnp.ones_like(t)

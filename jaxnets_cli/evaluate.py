@@ -60,9 +60,8 @@ def load_weights(name: str, weights: str, head_spec: str | None = None):
         config_file = path / CONFIG_FILE
         if config_file.is_file():  # a training workdir: evaluate as training did
             config = json.loads(config_file.read_text())
-            preprocessing = Preprocessing(
-                config.get("eval_resize", 0), config["image_size"], f"{config_file}"
-            )
+            crop = config.get("eval_image_size") or config["image_size"]  # FixRes: its own
+            preprocessing = Preprocessing(config.get("eval_resize", 0), crop, f"{config_file}")
             return variables, preprocessing, head, spec
         return variables, Preprocessing(256, 224, "default (V1 recipe)"), head, spec
     variables = from_torchvision(name, path, **({"head": head_spec} if head_spec else {}))

@@ -199,8 +199,8 @@ class _JaxRun:
         images, labels = next(_batches(dataset, config, 1))
         batch = normalize_on_host(images, dataset, np.float32)
         loss = lambda params: loss_and_logits(
-            self.model.apply, params, self.state.batch_stats, batch, labels,
-            num_classes=self.num_classes,
+            self.model.apply, params, self.state.batch_stats, batch,
+            jax.nn.one_hot(labels, self.num_classes),
         )  # fmt: skip
         with jax.default_matmul_precision("highest"):
             gradient, _ = jax.jit(jax.grad(loss, has_aux=True))(self.state.params)

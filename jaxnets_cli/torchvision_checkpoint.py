@@ -58,7 +58,7 @@ def write(name: str, workdir: str, out: str) -> str:
         ema = {"params": state["ema_params"], "batch_stats": state["ema_batch_stats"] or {}}
         # torchvision's ExponentialMovingAverage is an AveragedModel over the whole state_dict.
         checkpoint["model_ema"] = {
-            "n_averaged": torch.tensor(step),
+            "n_averaged": torch.tensor(_n_averaged(config, step, epochs_done, meta)),
             **{f"module.{k}": v for k, v in _tensors(to_torchvision(name, ema)).items()},
         }
     write_atomically(out, lambda tmp: torch.save(checkpoint, tmp))
@@ -68,6 +68,16 @@ def write(name: str, workdir: str, out: str) -> str:
         line += (f"; the weights are {in_epoch} steps into epoch {epochs_done}, which the "
                  "trainer runs again from its start")  # fmt: skip
     return line + ")"
+
+
+def _n_averaged(config, step: int, epochs_done: int, meta: dict) -> int:
+    """AveragedModel's count of updates: 0 makes the trainer's next update a copy. With
+    torchvision's EMA rule (ema_torchvision) that is the count since the warmup ended, 0 at its
+    end, as the trainer resets it; jaxnets' own EMA has averaged at every step."""
+    if not config.get("ema_torchvision"):
+        return step
+    updates_per_epoch = -(-meta["steps_per_epoch"] // config.ema_steps)
+    return max(epochs_done - int(config.warmup_epochs), 0) * updates_per_epoch
 
 
 def _read_run(workdir: str):

@@ -1,8 +1,10 @@
 """Images/sec of the ImageNet-style input pipeline on a folder of real JPEGs.
 
 Measures the training pipeline (read, decode only the RandomResizedCrop window, resize to
-224 antialiased, flip, batch as uint8) and the evaluation pipeline (decode, Resize(256),
-CenterCrop(224)) with 1 tf.data thread and with one per core. Without --folder it first writes
+224 antialiased, flip, batch as uint8), the V2 recipe's (the same at 176 pixels, then
+TrivialAugmentWide) and the evaluation pipeline (decode, Resize(256), CenterCrop(224)) with 1
+tf.data thread and with one per core. The V2 recipe's RandomErasing and MixUp/CutMix run on the
+device, in the train step. Without --folder it first writes
 real photographs (scripts/make_image_folder.py: 375-500 pixel shorter side, JPEG quality 90).
 
   python scripts/bench_input.py [--folder DIR] [--images 1024] [--epochs 3]
@@ -11,6 +13,7 @@ real photographs (scripts/make_image_folder.py: 375-500 pixel shorter side, JPEG
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -53,17 +56,19 @@ def main():
         root = tempfile.mkdtemp(prefix="bench_input_")
         make_image_folder(root, classes=8, train_per_class=args.images // 8,
                           val_per_class=args.images // 32, min_side=375)  # fmt: skip
-    augmentation = tfdata.Augmentation(
+    v1 = tfdata.Augmentation(
         image_size=224, train_crop="random_resized_crop", hflip=True, eval_resize=256
     )
+    v2 = dataclasses.replace(v1, image_size=176, auto_augment="ta_wide")
+    pipelines = [("train", "train", v1), ("train_v2_ta_wide", "train", v2), ("val", "val", v1)]
     cores = os.cpu_count()
     rows = []
     for threads in sorted({1, cores}):
         options = tfdata.PipelineOptions(threads=threads)
-        dataset = tfdata.FolderDataset(root, augmentation, options)
-        for split in ("train", "val"):
+        for name, split, augmentation in pipelines:
+            dataset = tfdata.FolderDataset(root, augmentation, options)
             rate = measure(dataset, split, args.batch_size, args.epochs)
-            rows.append({"pipeline": split, "threads": threads, "images_per_sec": rate,
+            rows.append({"pipeline": name, "threads": threads, "images_per_sec": rate,
                          "images_per_sec_per_thread": rate / threads})  # fmt: skip
     if args.json:
         print(json.dumps(rows))

@@ -141,6 +141,7 @@ ONE_DEPTH_A_KIND = [
 # Data for the input-pipeline and training tests.
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from make_digits_folder import make_digits_folder  # noqa: E402
 from make_image_folder import make_image_folder  # noqa: E402
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -151,6 +152,13 @@ CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 def image_folder(tmp_path_factory):
     """4 classes x (8 train + 3 val) real JPEG photographs of ImageNet-like sizes."""
     return make_image_folder(tmp_path_factory.mktemp("photos"), 4, 8, 3)
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory):
+    """The demo's digits as an ImageFolder of 32x32 PNGs (1,437 train / 360 val): enough images
+    for repeated augmentation, whose epoch keeps len // 256 * 256 of them."""
+    return make_digits_folder(tmp_path_factory.mktemp("digits"), 32, check=False)
 
 
 @pytest.fixture(scope="session")
@@ -209,11 +217,12 @@ def cut_jpeg_folder(image_folder, tmp_path):
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_config(path):
+def load_config(path, argument=None):
+    """A config file's get_config(), given FILE:ARGUMENT's argument where it takes one."""
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config() if argument is None else module.get_config(argument)
 
 
 def tiny_config(**overrides):

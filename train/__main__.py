@@ -1,4 +1,5 @@
-"""python -m train --config configs/NAME.py --workdir DIR [--config.KEY=VALUE ...]"""
+"""python -m train --config configs/NAME.py --workdir DIR [--config.KEY=VALUE ...]
+python -m train --torchvision-args "TRAIN.PY FLAGS" --workdir DIR [--config.KEY=VALUE ...]"""
 
 import sys
 
@@ -45,6 +46,7 @@ def main(argv):
 
 
 def run():
+    sys.argv[1:] = entry.expand_torchvision_args(sys.argv[1:], "train")
     entry.run_app("train", main)
 
 

@@ -12,6 +12,7 @@ SCHEDULES = ("cosine", "step", "multistep", "exponential", "constant")
 SCHEDULE_UNITS = ("step", "epoch")
 WARMUP_METHODS = ("linear", "constant")
 AUGMENTATIONS = ("none", "pad_crop", "random_resized_crop")
+AUTO_AUGMENT = ("", "ta_wide", "ra", "imagenet", "cifar10", "svhn")  # train/data/autoaugment.py
 DTYPES = ("float32", "bfloat16")
 
 
@@ -41,7 +42,25 @@ def base_config() -> ml_collections.ConfigDict:
     c.hflip = False  # random horizontal flips in training
     # ColorJitter(brightness, contrast, saturation) strengths; 0: that one off.
     c.color_jitter = (0.0, 0.0, 0.0)
-    c.eval_resize = 0  # 0: resize eval images to image_size; N: Resize(N) + CenterCrop
+    # torchvision's automatic augmentation after the crop and flip (--auto-augment): ta_wide
+    # (TrivialAugmentWide), ra (RandAugment, ra_magnitude), or AutoAugment's imagenet, cifar10
+    # or svhn policy; '': none.
+    c.auto_augment = ""
+    c.ra_magnitude = 9
+    # Per-image RandomErasing probability, applied on the device after normalization (erased
+    # pixels become 0, the mean colour) as torchvision's --random-erase; 0: off.
+    c.random_erase = 0.0
+    # MixUp / CutMix on each device's slice of the batch (torchvision's --mixup-alpha,
+    # --cutmix-alpha, mixed per GPU batch): with both on, one is chosen at random per batch.
+    c.mixup_alpha = 0.0
+    c.cutmix_alpha = 0.0
+    # torchvision's repeated-augmentation sampler (--ra-sampler --ra-reps N): each image N times
+    # an epoch, its copies on different devices, the epoch cut to len // 256 * 256 images; 0: off.
+    c.ra_reps = 0
+    c.eval_resize = 0  # 0: resize eval images to the eval crop; N: Resize(N) + CenterCrop
+    # The evaluation crop (FixRes: torchvision's --val-crop-size beside --train-crop-size, which
+    # is image_size); 0: image_size.
+    c.eval_image_size = 0
     # The final evaluation also under a test-time protocol (train/data/protocol.py), e.g.
     # "ten-crop" or "dense,flip,multi-scale" with eval_scales "256,384,512"; "": none.
     c.eval_tta = ""
@@ -58,6 +77,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.process_id = -1
 
     c.batch_size = 64  # global, over all devices
+    # N > 0: batch_size and eval_batch_size are N per device, times the devices at start
+    # (torchvision's --batch-size, per GPU).
+    c.batch_size_per_device = 0
     c.eval_batch_size = 256
     c.num_epochs = 10
     c.seed = 0
@@ -85,7 +107,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.lr_gamma = 0.1
     c.label_smoothing = 0.0
     c.grad_clip_norm = 0.0  # 0: off
-    c.ema_decay = 0.0  # 0: off; else EMA of params and BatchNorm statistics per step
+    c.ema_decay = 0.0  # 0: off; else EMA of params and BatchNorm statistics per update
+    c.ema_steps = 1  # update the EMA every this many steps (torchvision's --model-ema-steps)
+    # True: torchvision's reference-trainer EMA (--model-ema): ema_decay is its
+    # --model-ema-decay, each update uses 1 - min(1, (1 - ema_decay) * batch_size * ema_steps /
+    # num_epochs), updates fall on the batches i % ema_steps == 0 of each epoch, and during the
+    # warmup epochs every update restarts the average (a copy of the model).
+    c.ema_torchvision = False
 
     c.bn_sync = True  # False: BatchNorm statistics per device, as pmap without axis_name
 
@@ -121,6 +149,21 @@ def base_config() -> ml_collections.ConfigDict:
     return c.lock()
 
 
+def eval_crop(config) -> int:
+    """The side of evaluation images: eval_image_size (FixRes), else the training image_size."""
+    return config.eval_image_size or config.image_size
+
+
+def with_device_batches(config: ml_collections.ConfigDict, device_count: int):
+    """The config with batch_size_per_device made global for `device_count` devices (a copy),
+    or the config itself when it gives global batches."""
+    if not config.batch_size_per_device:
+        return config
+    config = ml_collections.ConfigDict(config.to_dict(), type_safe=True).lock()
+    config.batch_size = config.eval_batch_size = config.batch_size_per_device * device_count
+    return config
+
+
 def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
     """Raises ConfigError for the first invalid value, before anything compiles."""
     import jaxnets
@@ -133,6 +176,23 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
     checks = [
         (config.dtype in DTYPES, "dtype", f"one of {DTYPES}"),
         (config.augment in AUGMENTATIONS, "augment", f"one of {AUGMENTATIONS}"),
+        (config.auto_augment in AUTO_AUGMENT, "auto_augment", f"one of {AUTO_AUGMENT}"),
+        (0 <= config.ra_magnitude <= 30, "ra_magnitude", "in [0, 30]"),
+        (0 <= config.random_erase <= 1, "random_erase", "in [0, 1]"),
+        (config.mixup_alpha >= 0, "mixup_alpha", ">= 0"),
+        (config.cutmix_alpha >= 0, "cutmix_alpha", ">= 0"),
+        (config.ra_reps >= 0, "ra_reps", ">= 0"),
+        (
+            config.eval_image_size == 0 or config.eval_image_size >= 8,
+            "eval_image_size",
+            "0 or >= 8",
+        ),
+        (config.ema_steps >= 1, "ema_steps", ">= 1"),
+        (
+            not config.ema_torchvision or config.ema_decay > 0,
+            "ema_torchvision",
+            "used with ema_decay > 0 (torchvision's --model-ema-decay)",
+        ),
         (config.bad_images in ("skip", "error"), "bad_images", "'skip' or 'error'"),
         (
             len(config.color_jitter) == 3 and all(0 <= s < 1 for s in config.color_jitter),
@@ -141,15 +201,16 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
         ),
         (config.crop_padding >= 0, "crop_padding", ">= 0"),
         (
-            config.eval_resize == 0 or config.eval_resize >= config.image_size,
+            config.eval_resize == 0 or config.eval_resize >= eval_crop(config),
             "eval_resize",
-            "0 or >= image_size",
+            "0 or >= the eval crop (eval_image_size or image_size)",
         ),
         (config.shuffle_buffer > 0, "shuffle_buffer", "> 0"),
         (config.data_threads >= 0, "data_threads", ">= 0"),
         (config.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}"),
         (config.learning_rate > 0, "learning_rate", "> 0"),
         (config.batch_size > 0, "batch_size", "> 0"),
+        (config.batch_size_per_device >= 0, "batch_size_per_device", ">= 0"),
         (config.eval_batch_size > 0, "eval_batch_size", "> 0"),
         (config.num_epochs > 0, "num_epochs", "> 0"),
         (config.image_size >= 8, "image_size", ">= 8"),
@@ -200,7 +261,7 @@ def _check_eval_tta(config) -> None:
     from train.data.protocol import parse_protocol
 
     try:
-        parse_protocol(config.eval_tta, config.eval_scales, config.eval_resize, config.image_size)
+        parse_protocol(config.eval_tta, config.eval_scales, config.eval_resize, eval_crop(config))
     except ValueError as e:
         message = (
             str(e).replace("--tta", "config.eval_tta").replace("--scales", "config.eval_scales")

@@ -106,6 +106,41 @@ def run_app(prog: str, main) -> None:
         sys.exit(2)
 
 
+def expand_torchvision_args(argv: list[str], prog: str) -> list[str]:
+    """--torchvision-args "FLAGS" (a command line of torchvision's reference trainer) becomes
+    --config=train/torchvision_args.py:FLAGS; the flags that have no effect here are listed,
+    and one with no equivalent stops the program in one line (train/torchvision_args.py)."""
+    from train import torchvision_args
+
+    given = [i for i, a in enumerate(argv) if a.split("=", 1)[0] == "--torchvision-args"]
+    if not given:
+        return argv
+    i = given[0]
+    if "=" in argv[i]:
+        command, rest = argv[i].split("=", 1)[1], argv[:i] + argv[i + 1 :]
+    elif i + 1 < len(argv):
+        command, rest = argv[i + 1], argv[:i] + argv[i + 2 :]
+    else:
+        command, rest = None, argv
+    problem = None
+    if command is None:
+        problem = "--torchvision-args needs the flags as one argument"
+    elif any(a.split("=", 1)[0] == "--config" for a in rest):
+        problem = "--torchvision-args and --config: give one of them"
+    else:
+        try:
+            torchvision_args.config_from_command(command)
+            ignored = torchvision_args.ignored_flags(command)
+        except ValueError as e:
+            problem = f"--torchvision-args: {e}"
+    if problem:
+        print(f"{prog}: error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    if ignored:
+        print(f"{prog}: --torchvision-args: no effect here: {'; '.join(ignored)}")
+    return [f"--config={torchvision_args.__file__}:{command}", *rest]
+
+
 def check_config_file(argv: list[str]) -> None:
     """Fails in one line, before flag parsing, for a --config file that is missing, is not
     Python, cannot be imported, has no get_config(), or whose get_config() fails (a value of

@@ -4,14 +4,64 @@ over a ('data',) mesh; the benchmark and the parity run use one device)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
 
+from train.mixing import BatchAugment, augment_batch
+
 
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-    return optax.softmax_cross_entropy(logits, targets)
+    return soft_cross_entropy(logits, jax.nn.one_hot(labels, num_classes), label_smoothing)
+
+
+def soft_cross_entropy(logits, targets, label_smoothing: float = 0.0):
+    """torch's CrossEntropyLoss with probability targets: smoothing mixes them with uniform."""
+    return optax.softmax_cross_entropy(logits, optax.smooth_labels(targets, label_smoothing))
+
+
+@dataclasses.dataclass(frozen=True)
+class EmaRule:
+    """When and how train_step updates the moving averages.
+
+    Attributes:
+      decay: of each update (0: no averages).
+      every: update on the batches i % every == 0 of each epoch (torchvision's
+        --model-ema-steps).
+      steps_per_epoch: to tell the batch of the epoch from the step.
+      restart_epochs: torchvision's rule: the first update, and every update before this epoch
+        ends, copies the model (its AveragedModel with n_averaged reset during the warmup);
+        None averages from the initial weights on.
+    """
+
+    decay: float = 0.0
+    every: int = 1
+    steps_per_epoch: int = 1
+    restart_epochs: int | None = None
+
+    @classmethod
+    def from_config(cls, config, steps_per_epoch: int) -> EmaRule:
+        if not config.ema_torchvision:
+            return cls(config.ema_decay, config.ema_steps, steps_per_epoch)
+        # torchvision's adjustment of --model-ema-decay for the batch and update interval.
+        adjust = config.batch_size * config.ema_steps / config.num_epochs
+        decay = 1.0 - min(1.0, (1.0 - config.ema_decay) * adjust)
+        return cls(decay, config.ema_steps, steps_per_epoch, int(config.warmup_epochs))
+
+    def update(self, step, averages, current):
+        """The averages after the optimizer step `step` (counted from 0) gave `current`."""
+        epoch, batch = jnp.divmod(step, self.steps_per_epoch)
+        due = batch % self.every == 0
+        blended = jax.tree.map(lambda a, b: self.decay * a + (1 - self.decay) * b,
+                               averages, current)  # fmt: skip
+        if self.restart_epochs is not None:
+            # n_averaged is 0 at the first update and after every update of a warmup epoch.
+            previous_in_warmup = jnp.where(batch > 0, epoch, epoch - 1) < self.restart_epochs
+            copies = (step == 0) | previous_in_warmup
+            blended = jax.tree.map(lambda b, c: jnp.where(copies, c, b), blended, current)
+        return jax.tree.map(lambda b, a: jnp.where(due, b, a), blended, averages)
 
 
 def normalize(images, mean, std):
@@ -23,27 +73,32 @@ def normalize(images, mean, std):
     return (images.astype(jnp.float32) - mean) / std
 
 
+NO_EMA = EmaRule()
+NO_AUGMENT = BatchAugment()
+
+
 def loss_and_logits(
-    apply_fn, params, batch_stats, images, labels, *, num_classes, label_smoothing=0.0,
-    dropout_key=None,
+    apply_fn, params, batch_stats, images, targets, *, label_smoothing=0.0, dropout_key=None,
 ):  # fmt: skip
-    """Mean cross-entropy of a training-mode forward pass, and (logits, updated BatchNorm
-    statistics). The model's frozen layers keep their BatchNorm statistics (its `frozen`)."""
+    """Mean cross-entropy against probability targets (one-hot, or mixed) of a training-mode
+    forward pass, and (logits, updated BatchNorm statistics). The model's frozen layers keep
+    their BatchNorm statistics (its `frozen`)."""
     logits, updates = apply_fn(
         {"params": params, "batch_stats": batch_stats}, images, train=True,
         mutable=["batch_stats"], rngs={} if dropout_key is None else {"dropout": dropout_key},
     )  # fmt: skip
-    loss = cross_entropy(logits, labels, num_classes, label_smoothing).mean()
+    loss = soft_cross_entropy(logits, targets, label_smoothing).mean()
     return loss, (logits, updates.get("batch_stats", batch_stats))
 
 
 def train_step(
-    state, images, labels, key, *, num_classes, schedule, label_smoothing=0.0, ema_decay=0.0,
-    mean=None, std=None,
+    state, images, labels, key, *, num_classes, schedule, label_smoothing=0.0,
+    ema: EmaRule = NO_EMA, augment: BatchAugment = NO_AUGMENT, mean=None, std=None,
 ):  # fmt: skip
-    """One SGD step on a global batch: loss, gradient, optimizer update, BatchNorm statistics
-    and, with ema_decay, the moving averages. Under a mesh the batch is sharded over 'data' and
-    the parameters replicated, so the SPMD partitioner averages the gradients over devices.
+    """One SGD step on a global batch: the device-side augmentations (train/mixing.py), loss,
+    gradient, optimizer update, BatchNorm statistics and, with an EMA rule, the moving
+    averages. Under a mesh the batch is sharded over 'data' and the parameters replicated, so
+    the SPMD partitioner averages the gradients over devices.
 
     Only the trainable parameters are differentiated: XLA computes no gradient for the frozen
     layers, and no backward pass through a frozen prefix of the network.
@@ -51,25 +106,28 @@ def train_step(
     Returns:
       (new state, {'loss', 'top1', 'lr'} of this step, on device).
     """
+    dropout_key = jax.random.fold_in(key, state.step)
+    augment_key = jax.random.fold_in(dropout_key, 1)
+    images, targets = augment_batch(
+        augment_key, normalize(images, mean, std), jax.nn.one_hot(labels, num_classes), augment
+    )
     loss_fn = lambda trainable: loss_and_logits(
-        state.apply_fn, {**state.params, **trainable}, state.batch_stats,
-        normalize(images, mean, std), labels, num_classes=num_classes,
-        label_smoothing=label_smoothing, dropout_key=jax.random.fold_in(key, state.step),
+        state.apply_fn, {**state.params, **trainable}, state.batch_stats, images, targets,
+        label_smoothing=label_smoothing, dropout_key=dropout_key,
     )  # fmt: skip
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.trainable()
     )
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    if ema_decay:
-        ema = lambda old, new: jax.tree.map(lambda a, b: ema_decay * a + (1 - ema_decay) * b,
-                                            old, new)  # fmt: skip
+    if ema.decay:
         new_state = new_state.replace(
-            ema_params=ema(state.ema_params, new_state.params),
-            ema_batch_stats=ema(state.ema_batch_stats, new_state.batch_stats),
+            ema_params=ema.update(state.step, state.ema_params, new_state.params),
+            ema_batch_stats=ema.update(state.step, state.ema_batch_stats, new_state.batch_stats),
         )
     metrics = {
         "loss": loss,
-        "top1": jnp.mean(jnp.argmax(logits, -1) == labels),
+        # torchvision's accuracy against mixed targets: their largest class.
+        "top1": jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1)),
         "lr": schedule(state.step),
     }
     return new_state, metrics

@@ -30,11 +30,12 @@ from jaxnets.xla_flags import donates_train_state
 from train import data as data_lib
 from train import metrics as metrics_lib
 from train import workdir as workdir_lib
-from train.config import validate
+from train.config import eval_crop, validate, with_device_batches
 from train.metrics import NonFiniteLoss
+from train.mixing import BatchAugment
 from train.optim import learning_rate_schedule
 from train.state import TrainState, create_model, create_train_state, initial_variables
-from train.steps import eval_step, train_step
+from train.steps import EmaRule, eval_step, train_step
 
 __all__ = ["NonFiniteLoss", "TrainingInterrupted", "train_and_evaluate"]
 
@@ -83,12 +84,13 @@ class Shardings:
 def load_data(config) -> tuple[data_lib.Dataset, int, int]:
     """The dataset, its epoch length in steps and the step to stop at."""
     shard = data_lib.ProcessShard(jax.process_index(), jax.process_count())
-    dataset = data_lib.load_dataset(config, shard)
+    dataset = data_lib.load_dataset(config, shard, jax.device_count())
     steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
     if steps_per_epoch == 0:
+        sampled = " (repeated augmentation keeps len // 256 * 256)" if config.ra_reps else ""
         raise ValueError(
             f"config.batch_size={config.batch_size} exceeds the {dataset.num_train_examples} "
-            "training examples"
+            f"training examples{sampled}"
         )
     total_steps = config.num_epochs * steps_per_epoch
     return dataset, steps_per_epoch, min(config.max_steps or total_steps, total_steps)
@@ -125,14 +127,20 @@ def save_checkpoint(manager, state: TrainState, meta: dict) -> None:
     checkpoints.save(manager, step, serialization.to_state_dict(state), meta)
 
 
-def compile_steps(config, dataset, state: TrainState, schedule, shardings: Shardings):
+def compile_steps(
+    config, dataset, state: TrainState, schedule, steps_per_epoch: int, shardings: Shardings
+):
     """The jitted train and eval steps over the mesh; the state is donated where that pays."""
     replicated, batch = shardings.replicated, shardings.batch
     train = jax.jit(
         functools.partial(
             train_step, num_classes=dataset.num_classes, schedule=schedule,
-            label_smoothing=config.label_smoothing,
-            ema_decay=config.ema_decay, mean=dataset.mean, std=dataset.std,
+            label_smoothing=config.label_smoothing, mean=dataset.mean, std=dataset.std,
+            ema=EmaRule.from_config(config, steps_per_epoch),
+            augment=BatchAugment(
+                random_erase=config.random_erase, mixup_alpha=config.mixup_alpha,
+                cutmix_alpha=config.cutmix_alpha, groups=jax.device_count(),
+            ),
         ),
         in_shardings=(replicated, batch, batch, replicated),
         out_shardings=(replicated, replicated),
@@ -216,7 +224,7 @@ def evaluate_tta(config, state: TrainState, dataset: data_lib.Dataset) -> dict:
     variables = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)),
                              {"params": params, "batch_stats": batch_stats})  # fmt: skip
     protocol = parse_protocol(config.eval_tta, config.eval_scales, config.eval_resize,
-                              config.image_size)  # fmt: skip
+                              eval_crop(config))  # fmt: skip
     head = heads.canonical(config.head) if config.head else None
     member = tta.Member(config.model, variables, head)
     scorer = tta.ViewScorer(member, protocol, dataset.num_classes, config.eval_batch_size)
@@ -305,6 +313,7 @@ def train_and_evaluate(config, workdir: str | Path, after_epoch=None) -> dict:
     workdir = Path(workdir).absolute()
     initialize_distributed(config)
     devices = jax.devices()  # every process's
+    config = with_device_batches(config, len(devices))
     validate(config, len(devices))
     is_chief = jax.process_index() == 0  # the one process that writes metrics and reports
     workdir.mkdir(parents=True, exist_ok=True)
@@ -331,7 +340,9 @@ def train_and_evaluate(config, workdir: str | Path, after_epoch=None) -> dict:
     if first_step and is_chief:
         print(f"resumed from {checkpoints.checkpoint_dir(workdir)} at step {first_step}")
     schedule = learning_rate_schedule(config, steps_per_epoch)
-    p_train_step, p_eval_step = compile_steps(config, dataset, state, schedule, shardings)
+    p_train_step, p_eval_step = compile_steps(
+        config, dataset, state, schedule, steps_per_epoch, shardings
+    )
 
     writer = metrics_lib.MetricWriter(workdir) if is_chief else metrics_lib.NullWriter()
     buffer, timer = metrics_lib.MetricBuffer(writer), metrics_lib.ThroughputTimer()

@@ -164,3 +164,23 @@ def test_what_the_trainer_cannot_express_is_one_line(run, image_folder, tmp_path
     assert not list(tmp_path.glob("*.pth")) and not list(tmp_path.glob(".c.pth*"))
     code, _, err = run_cli(capsys, "convert", "resnet34", "--from-jax", str(workdir), *args[2:])
     assert code == 2 and "the workdir trained resnet18, not resnet34" in err
+
+
+@pytest.mark.parametrize("warmup_epochs,ema_steps,n_averaged", [(1, 1, 2), (1, 2, 1), (2, 1, 0)])
+def test_torchvisions_ema_rule_resumes_averaging_or_copying(
+    run, tmp_path, capsys, warmup_epochs, ema_steps, n_averaged
+):
+    """With ema_torchvision the trainer's AveragedModel count is the updates since the warmup
+    ended (2 steps an epoch, 2 epochs done): 0 at the warmup's end, so its next update copies."""
+    _, workdir = run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    saved = json.loads((copy / "config.json").read_text())
+    saved.update(ema_torchvision=True, ema_steps=ema_steps, warmup_epochs=warmup_epochs)
+    (copy / "config.json").write_text(json.dumps(saved))
+    out = tmp_path / "c.pth"
+    code, _, err = run_cli(capsys, "convert", "resnet18", "--from-jax", str(copy), "--out",
+                           str(out), "--format", "torchvision-checkpoint")  # fmt: skip
+    assert code == 0, err
+    checkpoint = torch.load(out, map_location="cpu", weights_only=True)
+    assert int(checkpoint["model_ema"]["n_averaged"]) == n_averaged

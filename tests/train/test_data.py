@@ -417,6 +417,34 @@ def test_tfds_dataset_reads_trains_resumes_and_shards(cifar10_dir):
     assert sum(int(m.sum()) for e in evals for *_, m in e) == 10
 
 
+class _ShortRepeatedAugmentation(data.EpochSampler):
+    """Repeated augmentation on a split smaller than the 256 images RASampler's epoch rounds
+    to: two steps an epoch, to see how the copies are laid out."""
+
+    def steps_per_epoch(self, num_examples, batch_size):
+        return 2
+
+
+def test_tfds_repeats_each_example_on_different_devices(cifar10_dir):
+    dataset = data.load_dataset(cifar_config(cifar10_dir))
+    dataset.sampler = _ShortRepeatedAugmentation(ra_reps=2, replicas=2)
+    for images, labels in dataset.train_batches(seed=0, epoch=0, start=0, batch_size=8):
+        # Rows 0-3 go to device 0, rows 4-7 to device 1: the copies of an example sit at the
+        # same row of each, augmented on their own (crop and flip).
+        np.testing.assert_array_equal(labels[:4], labels[4:])
+        assert all(not np.array_equal(a, b) for a, b in zip(images[:4], images[4:], strict=True))
+
+
+def test_fixres_trains_and_evaluates_at_two_sizes(image_folder):
+    config = config_for(f"folder:{image_folder}", image_size=24, eval_image_size=32,
+                        eval_resize=36, augment="random_resized_crop")  # fmt: skip
+    dataset = data.load_dataset(config)
+    assert dataset.image_shape == (24, 24, 3) and dataset.eval_image_shape == (32, 32, 3)
+    images, _ = next(iter(dataset.train_batches(0, 0, 0, 8)))
+    assert images.shape == (8, 24, 24, 3)
+    assert next(iter(dataset.eval_batches(4)))[0].shape == (4, 32, 32, 3)
+
+
 def test_tfds_errors_say_what_to_do(tmp_path):
     def error_of(config):
         with pytest.raises(tfdata.DataError) as error:

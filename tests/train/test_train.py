@@ -28,7 +28,8 @@ def test_every_config_parses_and_builds_model_and_optimizer(path):
     import jaxnets
     from train.state import create_model
 
-    config = load_config(path)
+    # A file of several recipes takes the name of one (the others: test_torchvision_args.py).
+    config = load_config(path, "resnet50_v2" if path.stem == "torchvision_recipes" else None)
     how = path.read_text()  # the docstring says how to run it (python -m train or train.sweep)
     assert re.search(rf"python -m train(\.sweep)? --config configs/{path.name}", how)
     validate(config, device_count=1)
@@ -205,24 +206,32 @@ def test_four_devices_match_one_device_on_the_same_global_batch(tmp_path):
 
 
 @pytest.mark.float32
-def test_optimizer_matches_torch_sgd_with_weight_decay_momentum_and_nesterov():
-    for nesterov in (False, True):
-        config = base_config()
-        config.update({"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 1e-2,
-                       "nesterov": nesterov, "schedule": "constant"})  # fmt: skip
-        w0 = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
-        grads = [np.random.default_rng(i).normal(size=(3, 4)).astype(np.float32) for i in range(4)]
-        torch_w = torch.nn.Parameter(torch.from_numpy(w0.copy()))
-        sgd = torch.optim.SGD([torch_w], lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=nesterov)
-        tx = make_optimizer(config, steps_per_epoch=10)
-        params = {"kernel": jnp.asarray(w0)}
-        opt_state = tx.init(params)
-        for g in grads:
-            torch_w.grad = torch.from_numpy(g)
-            sgd.step()
-            updates, opt_state = tx.update({"kernel": jnp.asarray(g)}, opt_state, params)
-            params = optax.apply_updates(params, updates)
-        np.testing.assert_allclose(params["kernel"], torch_w.detach().numpy(), rtol=1e-6)
+@pytest.mark.parametrize("nesterov,clip", [(False, 0.0), (True, 0.0), (False, 2.0)])
+def test_optimizer_matches_torch_sgd_with_weight_decay_momentum_and_nesterov(nesterov, clip):
+    """Clipping as train.py's --clip-grad-norm: clip_grad_norm_ on the gradients, then the
+    step adds weight decay to them."""
+    config = base_config()
+    config.update({"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 1e-2,
+                   "nesterov": nesterov, "schedule": "constant",
+                   "grad_clip_norm": clip})  # fmt: skip
+    w0 = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    grads = [np.random.default_rng(i).normal(size=(3, 4)).astype(np.float32) for i in range(4)]
+    torch_w = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+    sgd = torch.optim.SGD([torch_w], lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=nesterov)
+    tx = make_optimizer(config, steps_per_epoch=10)
+    params = {"kernel": jnp.asarray(w0)}
+    opt_state = tx.init(params)
+    for g in grads:
+        torch_w.grad = torch.from_numpy(g.copy())
+        if clip:
+            assert torch.nn.utils.clip_grad_norm_([torch_w], clip) > clip  # it clips
+        sgd.step()
+        updates, opt_state = tx.update({"kernel": jnp.asarray(g)}, opt_state, params)
+        params = optax.apply_updates(params, updates)
+    want = torch_w.detach().numpy()
+    # Relative to the largest weight: torch divides by norm + 1e-6 when it clips (1.5e-7 of
+    # this gradient's norm of 7), and the update of a small weight cancels.
+    np.testing.assert_allclose(params["kernel"], want, rtol=0, atol=1e-6 * np.abs(want).max())
 
 
 @pytest.mark.slow  # subprocess training runs

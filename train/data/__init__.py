@@ -23,11 +23,13 @@ from typing import Protocol
 import numpy as np
 
 from train.data.arrays import InMemoryDataset, load_digits
+from train.data.sampler import EpochSampler
 from train.data.shard import SINGLE_PROCESS, ProcessShard
 
 __all__ = [
     "SINGLE_PROCESS",
     "Dataset",
+    "EpochSampler",
     "InMemoryDataset",
     "ProcessShard",
     "load_dataset",
@@ -43,7 +45,9 @@ class Dataset(Protocol):
     Attributes:
       name: the config string it came from.
       class_names: one name per class index.
-      image_shape: (height, width, channels) of every batch's images.
+      image_shape: (height, width, channels) of every training batch's images.
+      eval_image_shape: the same of evaluation batches (another size with FixRes).
+      sampler: the order of each epoch (a shuffle, or repeated augmentation).
       num_train_examples: size of the training split.
       mean, std: per-channel statistics (0-1 scale) to normalize uint8 batches with, or None
         for sources that deliver normalized floats.
@@ -55,12 +59,16 @@ class Dataset(Protocol):
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
     skipped: dict[str, str]
+    sampler: EpochSampler
 
     @property
     def num_classes(self) -> int: ...
 
     @property
     def image_shape(self) -> tuple[int, int, int]: ...
+
+    @property
+    def eval_image_shape(self) -> tuple[int, int, int]: ...
 
     @property
     def num_train_examples(self) -> int: ...
@@ -99,8 +107,9 @@ def needs_tensorflow(config) -> bool:
     return config.dataset != "digits" or bool(config.eval_tta)
 
 
-def load_dataset(config, shard: ProcessShard = SINGLE_PROCESS):
-    """The dataset a config names, reading `shard`'s part of every batch.
+def load_dataset(config, shard: ProcessShard = SINGLE_PROCESS, devices: int = 1):
+    """The dataset a config names, reading `shard`'s part of every batch of a run over
+    `devices` devices (the replicas of repeated augmentation).
 
     Raises:
       ValueError: an unknown dataset string, or a missing, empty or unprepared dataset (one
@@ -110,8 +119,13 @@ def load_dataset(config, shard: ProcessShard = SINGLE_PROCESS):
     if config.dataset == "digits":
         if config.augment not in ("none", "pad_crop"):
             raise ValueError(f"config.augment={config.augment!r}: digits supports none, pad_crop")
+        if config.auto_augment or config.eval_image_size not in (0, config.image_size):
+            key = "auto_augment" if config.auto_augment else "eval_image_size"
+            raise ValueError(f"config.{key}: digits are decoded arrays; use its image folder")
         padding = (config.crop_padding or config.image_size // 8) if config.augment != "none" else 0
-        return load_digits(config.image_size, padding, shard)
+        dataset = load_digits(config.image_size, padding, shard)
+        dataset.sampler = EpochSampler(config.ra_reps, devices)
+        return dataset
     if kind not in ("tfds", "folder") or not where:
         raise ValueError(
             f"config.dataset={config.dataset!r}: unknown; expected digits, tfds:NAME[:VERSION] "
@@ -122,18 +136,23 @@ def load_dataset(config, shard: ProcessShard = SINGLE_PROCESS):
     augmentation = tfdata.Augmentation(
         image_size=config.image_size, train_crop=config.augment,
         crop_padding=config.crop_padding, hflip=config.hflip,
-        color_jitter=config.color_jitter, eval_resize=config.eval_resize,
+        color_jitter=config.color_jitter, auto_augment=config.auto_augment,
+        ra_magnitude=config.ra_magnitude, eval_resize=config.eval_resize,
+        eval_image_size=config.eval_image_size,
     )  # fmt: skip
     options = tfdata.PipelineOptions(
         bad_images=config.bad_images, deterministic=config.data_deterministic,
         threads=config.data_threads, shuffle_buffer=config.shuffle_buffer,
     )  # fmt: skip
     if kind == "folder":
-        return tfdata.FolderDataset(where, augmentation, options, shard)
-    return tfdata.TfdsDataset(
-        where, augmentation, options, shard, data_dir=config.data_dir,
-        manual_dir=config.manual_dir, download=config.download,
-    )  # fmt: skip
+        dataset = tfdata.FolderDataset(where, augmentation, options, shard)
+    else:
+        dataset = tfdata.TfdsDataset(
+            where, augmentation, options, shard, data_dir=config.data_dir,
+            manual_dir=config.manual_dir, download=config.download,
+        )  # fmt: skip
+    dataset.sampler = EpochSampler(config.ra_reps, devices)
+    return dataset
 
 
 def load_eval_dataset(spec: str, augmentation, *, data_dir: str = ""):

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from train.data.sampler import PLAIN_SHUFFLE, EpochSampler
 from train.data.shard import SINGLE_PROCESS, ProcessShard
 
 
@@ -45,6 +46,7 @@ class InMemoryDataset:
     eval_labels: np.ndarray
     pad_crop: int = 0
     shard: ProcessShard = SINGLE_PROCESS
+    sampler: EpochSampler = PLAIN_SHUFFLE  # load_dataset sets the config's
     # Batches are already normalized floats: nothing to do on the device.
     mean = None
     std = None
@@ -59,16 +61,20 @@ class InMemoryDataset:
         return tuple(self.train_images.shape[1:])
 
     @property
+    def eval_image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.eval_images.shape[1:])
+
+    @property
     def num_train_examples(self) -> int:
         return len(self.train_labels)
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Full batches per epoch; the incomplete last batch is dropped (fixed shapes for jit)."""
-        return len(self.train_labels) // batch_size
+        return self.sampler.steps_per_epoch(len(self.train_labels), batch_size)
 
     def train_batches(self, seed: int, epoch: int, start: int, batch_size: int):
         """This process's part of batches start, start + 1, ... of the epoch: (images, labels)."""
-        order = np.random.default_rng([seed, epoch]).permutation(len(self.train_labels))
+        order = self.sampler.order(seed, epoch, len(self.train_labels), batch_size)
         for index in range(start, self.steps_per_epoch(batch_size)):
             take = self.shard.rows(order[index * batch_size : (index + 1) * batch_size], batch_size)
             images = self.train_images[take]

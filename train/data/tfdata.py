@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from train.data import preprocess
+from train.data import autoaugment, preprocess
+from train.data.sampler import PLAIN_SHUFFLE, EpochSampler, example_keys, spread_over_devices
 from train.data.shard import SINGLE_PROCESS, ProcessShard
 
 # Keep TensorFlow off the accelerators: it is only the input pipeline here.
@@ -46,8 +47,12 @@ class Augmentation:
       hflip: random horizontal flips in training.
       color_jitter: ColorJitter (brightness, contrast, saturation) strengths, or one for all
         three (0: off).
-      eval_resize: 0 resizes evaluation images to image_size; N > 0 is torchvision's
-        Resize(N) + CenterCrop(image_size).
+      auto_augment: torchvision's automatic augmentation after the flip (autoaugment.POLICIES),
+        '' for none; ra_magnitude: RandAugment's magnitude.
+      eval_resize: 0 resizes evaluation images to the eval crop; N > 0 is torchvision's
+        Resize(N) + CenterCrop(eval crop).
+      eval_image_size: the evaluation crop (FixRes trains and evaluates at two sizes); 0: the
+        training image_size.
       eval_antialias: False resizes evaluation images without antialiasing (to measure it).
     """
 
@@ -56,12 +61,19 @@ class Augmentation:
     crop_padding: int = 0
     hflip: bool = False
     color_jitter: float | tuple[float, float, float] = 0.0
+    auto_augment: str = ""
+    ra_magnitude: int = 9
     eval_resize: int = 0
+    eval_image_size: int = 0
     eval_antialias: bool = True
 
+    @property
+    def eval_crop(self) -> int:
+        return self.eval_image_size or self.image_size
+
     def train(self, image_bytes, seed):
-        crop_seed, flip_seed, jitter_seed = tf.unstack(
-            tf.random.experimental.stateless_split(seed, 3)
+        crop_seed, flip_seed, jitter_seed, policy_seed = tf.unstack(
+            tf.random.experimental.stateless_split(seed, 4)
         )
         size = self.image_size
         if self.train_crop == "random_resized_crop":
@@ -79,6 +91,10 @@ class Augmentation:
             strengths = (strengths,) * 3
         if any(strengths):
             image = preprocess.color_jitter(image, jitter_seed, tuple(strengths))
+        if self.auto_augment:
+            image = autoaugment.apply_policy(
+                image, policy_seed, self.auto_augment, magnitude=self.ra_magnitude
+            )
         image.set_shape([size, size, 3])
         return image
 
@@ -89,12 +105,13 @@ class Augmentation:
 
     def eval(self, image_bytes):
         image = preprocess.decode_image(image_bytes)
+        crop = self.eval_crop
         if self.eval_resize:
             image = preprocess.resize_shorter_side(image, self.eval_resize, self.eval_antialias)
-            image = preprocess.center_crop(image, self.image_size)
+            image = preprocess.center_crop(image, crop)
         else:
-            image = preprocess.resize_to(image, self.image_size)
-        image.set_shape([self.image_size, self.image_size, 3])
+            image = preprocess.resize_to(image, crop)
+        image.set_shape([crop, crop, 3])
         return image
 
 
@@ -154,6 +171,7 @@ class _TfDataset:
     augmentation: Augmentation
     options: PipelineOptions
     shard: ProcessShard
+    sampler: EpochSampler = PLAIN_SHUFFLE  # load_dataset sets the config's
     mean = preprocess.IMAGENET_MEAN
     std = preprocess.IMAGENET_STD
 
@@ -169,8 +187,13 @@ class _TfDataset:
         size = self.augmentation.image_size
         return (size, size, 3)
 
+    @property
+    def eval_image_shape(self) -> tuple[int, int, int]:
+        size = self.augmentation.eval_crop
+        return (size, size, 3)
+
     def steps_per_epoch(self, batch_size: int) -> int:
-        return self.num_train_examples // batch_size
+        return self.sampler.steps_per_epoch(self.num_train_examples, batch_size)
 
     def _drain(self, batches, batch_size, *, paths=None, count, keep_partial=False, ordered=True):
         """Yields `count` batches ({'image', 'label', 'position'}) of exactly batch_size rows,
@@ -418,16 +441,21 @@ class FolderDataset(_TfDataset):
 
     def train_batches(self, seed: int, epoch: int, start: int, batch_size: int):
         steps = self.steps_per_epoch(batch_size)
-        order = np.random.default_rng([seed, epoch]).permutation(len(self.train_labels))
-        rows = self.shard.rows(order[: steps * batch_size], batch_size)
+        n = len(self.train_labels)
+        order = self.sampler.order(seed, epoch, n, batch_size)
+        # Seeds follow the file (and which copy of it, with repeated augmentation), not the
+        # process or position: any process count and a resumed run augment each example of a
+        # global batch the same way.
+        keys = self.shard.rows(example_keys(order, n), batch_size)
+        rows = self.shard.rows(order, batch_size)
         local = self.shard.local_batch(batch_size)
-        rows = rows[start * local :]
+        rows, keys = rows[start * local :], keys[start * local :]
         # Unreadable files are refilled from the rest of the permutation, then from the start.
-        spare = np.concatenate([order[steps * batch_size :], order])
-        rows = np.concatenate([rows, spare[self.shard.index :: self.shard.count]])
-        # Seeds follow the file, not the process or position: any process count and a resumed
-        # run augment each example of a global batch the same way.
-        seeds = example_seeds(seed, epoch, rows)
+        shuffled = np.random.default_rng([seed, epoch]).permutation(n)
+        spare = np.concatenate([shuffled[steps * batch_size :], shuffled])
+        spare = spare[self.shard.index :: self.shard.count]
+        rows = np.concatenate([rows, spare])
+        seeds = example_seeds(seed, epoch, np.concatenate([keys, spare]))
         batches = build_pipeline(
             self._examples(self.train_paths[rows], self.train_labels[rows], seeds),
             self.augmentation.train, local, self.options,
@@ -458,7 +486,7 @@ class FolderDataset(_TfDataset):
         drained = self._drain(
             batches, local, paths=self.eval_paths[rows], count=num_batches, keep_partial=True
         )
-        return _pad_eval(drained, local, num_batches, self.image_shape)
+        return _pad_eval(drained, local, num_batches, self.eval_image_shape)
 
     def eval_examples(self, transform):
         """transform(image) and the label of each readable evaluation image, one at a time
@@ -576,12 +604,24 @@ class TfdsDataset(_TfDataset):
         epoch_seed = zlib.crc32(f"{seed}/{epoch}/{self.shard.index}".encode())
         ds = self._read(self.train_shard, epoch_seed, seed, epoch, offset=self.shard.index << 40)
         ds = ds.shuffle(self.options.shuffle_buffer, seed=epoch_seed)
+        reps = self.sampler.ra_reps
+        if reps:  # each example reps times in a row, each copy with a seed of its own
+            ds = ds.flat_map(lambda e: tf.data.Dataset.from_tensors(e).repeat(reps))
+            ds = ds.enumerate().map(
+                lambda i, e: {
+                    **e,
+                    "seed": e["seed"] + tf.stack([tf.constant(0, tf.int64), i % reps * 2**48]),
+                }
+            )
         ds = ds.skip(start * local)  # before decoding: resuming costs reads, not decodes
         batches = build_pipeline(
             ds, self.augmentation.train, local, self.options, drop_errors=False
         ).as_numpy_iterator()
+        rows = np.arange(local)
+        if reps:  # the copies go to different devices, as RASampler deals them over ranks
+            rows = spread_over_devices(local, self.sampler.replicas // self.shard.count)
         for batch in self._drain(batches, local, count=steps - start):
-            yield batch["image"], batch["label"]
+            yield batch["image"][rows], batch["label"][rows]
 
     def eval_batches(self, batch_size: int):
         import tensorflow_datasets as tfds
@@ -596,7 +636,7 @@ class TfdsDataset(_TfDataset):
         ).as_numpy_iterator()  # fmt: skip
         return _pad_eval(
             self._drain(batches, local, count=num_batches, keep_partial=True), local, num_batches,
-            self.image_shape,
+            self.eval_image_shape,
         )  # fmt: skip
 
     def eval_examples(self, transform):

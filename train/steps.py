@@ -27,7 +27,8 @@ class EmaRule:
     """When and how train_step updates the moving averages.
 
     Attributes:
-      decay: of each update (0: no averages).
+      decay: of each update; None: no averages (0 is an average that copies the model, as
+        torchvision's adjusted decay is when its alpha reaches 1).
       every: update on the batches i % every == 0 of each epoch (torchvision's
         --model-ema-steps).
       steps_per_epoch: to tell the batch of the epoch from the step.
@@ -36,13 +37,15 @@ class EmaRule:
         None averages from the initial weights on.
     """
 
-    decay: float = 0.0
+    decay: float | None = None
     every: int = 1
     steps_per_epoch: int = 1
     restart_epochs: int | None = None
 
     @classmethod
     def from_config(cls, config, steps_per_epoch: int) -> EmaRule:
+        if not config.ema_decay:
+            return cls()
         if not config.ema_torchvision:
             return cls(config.ema_decay, config.ema_steps, steps_per_epoch)
         # torchvision's adjustment of --model-ema-decay for the batch and update interval.
@@ -119,7 +122,7 @@ def train_step(
         state.trainable()
     )
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    if ema.decay:
+    if ema.decay is not None:
         new_state = new_state.replace(
             ema_params=ema.update(state.step, state.ema_params, new_state.params),
             ema_batch_stats=ema.update(state.step, state.ema_batch_stats, new_state.batch_stats),

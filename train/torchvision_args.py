@@ -33,7 +33,7 @@ SCHEDULERS = {"steplr": "step", "cosineannealinglr": "cosine", "exponentiallr": 
 # Flags of PyTorch's machinery: accepted, with what stands for them here.
 NO_EFFECT = {
     "device": "JAX runs on its default backend",
-    "workers": "tf.data sizes its own thread pool (--config.data_threads)",
+    "workers": "tf.data sizes its own thread pool; --config.data_threads sets it",
     "output_dir": "--workdir is where the run writes",
     "world_size": "the processes are JAX's (jax.distributed)",
     "dist_url": "the processes are JAX's (jax.distributed)",
@@ -138,6 +138,11 @@ def parse_command(command: str) -> tuple[argparse.Namespace, int | None]:
     return known, processes
 
 
+# train.py's arguments when no flag is given (argparse applies `type` to string defaults:
+# --backend's "PIL" is "pil" here).
+DEFAULTS, _ = parse_command("")
+
+
 def _refuse(args: argparse.Namespace) -> None:
     """The flags with no equivalent, each with what to do instead."""
     refusals = [
@@ -170,8 +175,9 @@ def config_from_command(command: str):
     _refuse(args)
     c = base_config()
     c.model = args.model
-    c.dataset = DEFAULT_DATASET if args.data_path == reference_parser().get_default(
-        "data_path") else f"folder:{args.data_path}"  # fmt: skip
+    c.dataset = (
+        DEFAULT_DATASET if args.data_path == DEFAULTS.data_path else f"folder:{args.data_path}"
+    )
     if processes is None:
         c.batch_size_per_device = args.batch_size
     else:
@@ -209,11 +215,10 @@ def config_from_command(command: str):
 def ignored_flags(command: str) -> list[str]:
     """The flags given that have no effect here, each with the reason (NO_EFFECT)."""
     args, _ = parse_command(command)
-    parser = reference_parser()
     return [
         f"--{key.replace('_', '-')} ({reason})"
         for key, reason in NO_EFFECT.items()
-        if getattr(args, key) != parser.get_default(key)
+        if getattr(args, key) != getattr(DEFAULTS, key)
     ]
 
 
@@ -222,11 +227,10 @@ def command_from_config(config, processes: int | None = None) -> str:
     ...` for a global batch over N processes, or `train.py ...` for a per-device batch. Only
     flags that differ from train.py's defaults are written. Raises TorchvisionArgsError naming
     the config keys no flag can express."""
-    parser = reference_parser()
     values = _flag_values(config, processes)
     words = []
     for dest, value in values.items():
-        if value == parser.get_default(dest):
+        if value == getattr(DEFAULTS, dest):
             continue
         name = "--" + dest.replace("_", "-")
         words += [name] if value is True else [name, str(value)]
@@ -247,7 +251,7 @@ def _flag_values(config, processes: int | None) -> dict:
     schedulers = {jaxnets_name: flag for flag, jaxnets_name in SCHEDULERS.items()}
     kind, _, where = config.dataset.partition(":")
     values = {
-        "data_path": where if kind == "folder" else reference_parser().get_default("data_path"),
+        "data_path": where if kind == "folder" else DEFAULTS.data_path,
         "model": config.model, "batch_size": batch, "epochs": config.num_epochs,
         "opt": "sgd_nesterov" if config.nesterov else "sgd", "lr": config.learning_rate,
         "momentum": config.momentum, "weight_decay": config.weight_decay,

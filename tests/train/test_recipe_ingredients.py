@@ -239,7 +239,13 @@ def test_ema_decay_is_adjusted_as_torchvisions_trainer_does():
     assert rule.decay == pytest.approx(1 - 2e-5 * 1024 * 32 / 600, rel=1e-12)
     assert (rule.every, rule.restart_epochs) == (32, 5)
     config.ema_decay = 0.9
-    assert EmaRule.from_config(config, 1251).decay == 0.0  # alpha clipped to 1: a copy
+    copies = EmaRule.from_config(config, 1251)
+    assert copies.decay == 0.0  # alpha clipped to 1: each update copies the model
+    # Step 2000 is batch 749 of its epoch, not due; step 3817 is batch 64, due (every 32).
+    np.testing.assert_array_equal(copies.update(2000, jnp.zeros(3), jnp.ones(3)), jnp.zeros(3))
+    np.testing.assert_array_equal(copies.update(3817, jnp.zeros(3), jnp.ones(3)), jnp.ones(3))
+    config.ema_decay = 0.0
+    assert EmaRule.from_config(config, 1251).decay is None  # no averages
 
 
 @pytest.mark.parametrize("n,reps,replicas", [(1000, 4, 8), (700, 3, 2), (515, 4, 1), (300, 2, 3)])
@@ -278,3 +284,18 @@ def test_epoch_order_gives_each_device_its_rank_stream():
     plain = EpochSampler().order(7, 2, n, batch_size)
     np.testing.assert_array_equal(plain, shuffled[: n // batch_size * batch_size])
     np.testing.assert_array_equal(example_keys(plain, n), plain)
+
+
+def test_soft_targets_are_smoothed_as_torchs_cross_entropy():
+    from train.steps import soft_cross_entropy
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 5))
+    targets = rng.dirichlet(np.ones(5), size=6)  # mixed labels: probabilities
+    want = torch.nn.functional.cross_entropy(
+        torch.from_numpy(logits), torch.from_numpy(targets), label_smoothing=0.1,
+        reduction="none",
+    )  # fmt: skip
+    with jax.enable_x64():
+        got = soft_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), 0.1)
+        np.testing.assert_allclose(np.asarray(got), want.numpy(), rtol=1e-13)

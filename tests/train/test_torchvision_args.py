@@ -72,6 +72,7 @@ def test_every_flag_of_train_py_is_used_noted_or_refused():
         else:
             assert config != base, f"--{dest} changed nothing"
     assert default == config_from_command("")
+    assert ignored_flags("train.py --model resnet50 --lr 0.5") == []
 
 
 def test_flags_become_the_config_keys_they_mean():

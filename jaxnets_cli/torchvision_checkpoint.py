@@ -73,7 +73,8 @@ def write(name: str, workdir: str, out: str) -> str:
 def _n_averaged(config, step: int, epochs_done: int, meta: dict) -> int:
     """AveragedModel's count of updates: 0 makes the trainer's next update a copy. With
     torchvision's EMA rule (ema_torchvision) that is the count since the warmup ended, 0 at its
-    end, as the trainer resets it; jaxnets' own EMA has averaged at every step."""
+    end, as the trainer resets it. jaxnets' own EMA averages from the first step on: any count
+    above 0 says so (the trainer's average ignores the count)."""
     if not config.get("ema_torchvision"):
         return step
     updates_per_epoch = -(-meta["steps_per_epoch"] // config.ema_steps)

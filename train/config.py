@@ -77,9 +77,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.process_id = -1
 
     c.batch_size = 64  # global, over all devices
-    # N > 0: batch_size and eval_batch_size are N per device, times the devices at start
-    # (torchvision's --batch-size, per GPU).
+    # N > 0: the global batch is N per device, times the devices at start (torchvision's
+    # --batch-size, per GPU); batch_size is then 0, and so is eval_batch_size unless given.
     c.batch_size_per_device = 0
+    # The processes (GPUs) of a torchvision run whose per-GPU ingredients this run reproduces:
+    # MixUp/CutMix pairs, per-replica BatchNorm statistics (bn_sync=False) and repeated
+    # augmentation's copies follow slices of batch_size / replicas. 0: one replica per device.
+    c.replicas = 0
     c.eval_batch_size = 256
     c.num_epochs = 10
     c.seed = 0
@@ -156,12 +160,25 @@ def eval_crop(config) -> int:
 
 def with_device_batches(config: ml_collections.ConfigDict, device_count: int):
     """The config with batch_size_per_device made global for `device_count` devices (a copy),
-    or the config itself when it gives global batches."""
-    if not config.batch_size_per_device:
+    or the config itself when it gives global batches. Raises ConfigError when it gives both."""
+    per_device = config.batch_size_per_device
+    if not per_device:
         return config
+    if config.batch_size:
+        raise ConfigError(
+            f"config.batch_size={config.batch_size} and config.batch_size_per_device="
+            f"{per_device}: give one of them"
+        )
     config = ml_collections.ConfigDict(config.to_dict(), type_safe=True).lock()
-    config.batch_size = config.eval_batch_size = config.batch_size_per_device * device_count
+    config.batch_size = per_device * device_count
+    config.eval_batch_size = config.eval_batch_size or config.batch_size
     return config
+
+
+def replicas(config, device_count: int) -> int:
+    """How many slices of each batch the per-GPU ingredients of torchvision's trainer treat
+    apart: config.replicas, else the devices."""
+    return config.replicas or device_count
 
 
 def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
@@ -211,6 +228,12 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
         (config.learning_rate > 0, "learning_rate", "> 0"),
         (config.batch_size > 0, "batch_size", "> 0"),
         (config.batch_size_per_device >= 0, "batch_size_per_device", ">= 0"),
+        (config.replicas >= 0, "replicas", ">= 0"),
+        (
+            not config.replicas or config.batch_size % config.replicas == 0,
+            "replicas",
+            "a divisor of batch_size",
+        ),
         (config.eval_batch_size > 0, "eval_batch_size", "> 0"),
         (config.num_epochs > 0, "num_epochs", "> 0"),
         (config.image_size >= 8, "image_size", ">= 8"),

@@ -118,17 +118,20 @@ def mix(images, targets, pixel_weight, target_weight):
     return blend(images, pixel_weight[..., None]), blend(targets, target_weight[..., None])
 
 
-def mix_params(key, height: int, width: int, mixup_alpha: float, cutmix_alpha: float):
-    """One batch's draw: MixUp or CutMix (each with probability 1/2 when both are on, as
-    torchvision's RandomChoice), lam ~ Beta(alpha, alpha) and CutMix's box. Returns the
-    (pixel, target) weights of mix()."""
-    choice_key, lam_key, box_key = jax.random.split(key, 3)
+def choose_mix(key, mixup_alpha: float, cutmix_alpha: float):
+    """MixUp or CutMix, each with probability 1/2 when both are on (torchvision's
+    RandomChoice): (use CutMix, its alpha)."""
     if mixup_alpha and cutmix_alpha:
-        use_cutmix = jax.random.bernoulli(choice_key)
-        alpha = jnp.where(use_cutmix, cutmix_alpha, mixup_alpha)
-    else:
-        use_cutmix = jnp.asarray(bool(cutmix_alpha))
-        alpha = mixup_alpha or cutmix_alpha
+        use_cutmix = jax.random.bernoulli(key)
+        return use_cutmix, jnp.where(use_cutmix, cutmix_alpha, mixup_alpha)
+    return jnp.asarray(bool(cutmix_alpha)), mixup_alpha or cutmix_alpha
+
+
+def mix_params(key, height: int, width: int, mixup_alpha: float, cutmix_alpha: float):
+    """One batch's draw: MixUp or CutMix (choose_mix), lam ~ Beta(alpha, alpha) and CutMix's
+    box. Returns the (pixel, target) weights of mix()."""
+    choice_key, lam_key, box_key = jax.random.split(key, 3)
+    use_cutmix, alpha = choose_mix(choice_key, mixup_alpha, cutmix_alpha)
     lam = jax.random.beta(lam_key, alpha, alpha)
     box = cutmix_box(box_key, height, width, lam)
     mixup_w, cutmix_w = mixup_weights(lam, height, width), cutmix_weights(box, height, width)
@@ -146,7 +149,8 @@ def augment_batch(key, images, targets, augment: BatchAugment):
         draw = lambda k: mix_params(k, height, width, augment.mixup_alpha, augment.cutmix_alpha)
         weights = jax.vmap(draw)(jax.random.split(mix_key, augment.groups))
         split = lambda x: x.reshape(augment.groups, -1, *x.shape[1:])
-        # Each group's weights broadcast over its images: (G, 1, H, W) and (G, 1, 1).
+        # Images as (rows of a group, G, H, W, C), rolled along the rows; each group's weights,
+        # (G, H, W) and (G,), broadcast over them.
         images, targets = mix(split(images).swapaxes(0, 1), split(targets).swapaxes(0, 1), *weights)
         images, targets = (x.swapaxes(0, 1).reshape(-1, *x.shape[2:]) for x in (images, targets))
     return images, targets

@@ -15,6 +15,7 @@ from flax.training import train_state
 
 import jaxnets
 from jaxnets.heads import is_head_layer
+from train.config import replicas
 from train.optim import make_optimizer
 
 
@@ -69,8 +70,9 @@ def create_model(config, num_classes: int, device_count: int):
     if info.batch_norm:
         kwargs["frozen"] = frozen_layers(config)  # their BatchNorm keeps its statistics
         if not config.bn_sync:
-            # Per-device BatchNorm: each device's slice of the batch is normalized on its own.
-            kwargs["bn_batch_groups"] = device_count
+            # Per-device BatchNorm: each device's slice of the batch is normalized on its own
+            # (each replica's, where the config reproduces a torchvision run's GPUs).
+            kwargs["bn_batch_groups"] = replicas(config, device_count)
     return jaxnets.create_model(config.model, **kwargs)
 
 

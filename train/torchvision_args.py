@@ -10,10 +10,13 @@ keys; the flags of PyTorch's machinery that do not change what is computed (--de
 a flag with no equivalent (--opt adamw, --auto-augment augmix, --resume, --weights) or an unknown
 one stops with its name.
 
---batch-size is per process (GPU), as torchvision means it: a command that starts with
-`torchrun --nproc_per_node=N [--nnodes=M]` has the global batch N x M x --batch-size (a
-documented recipe, fixed whatever the devices at hand); without it, the batch is --batch-size
-per device of the run (config.batch_size_per_device).
+--batch-size is per process (GPU), as torchvision means it. A command that starts with
+`torchrun --nproc_per_node=N [--nnodes=M]` has the global batch N x M x --batch-size and
+N x M replicas (a documented recipe, the same whatever the devices at hand): train.py's per-GPU
+ingredients (MixUp/CutMix pairs, BatchNorm statistics without --sync-bn, repeated
+augmentation's copies) follow those replicas' slices of the batch (config.replicas). Without
+it, the batch is --batch-size per device of the run (config.batch_size_per_device) and each
+device is a replica. The learning rate is --lr either way, as train.py takes it.
 
 This file is also a config file: `--config train/torchvision_args.py:"--model ..."` is what
 --torchvision-args expands to.
@@ -120,7 +123,7 @@ def parse_command(command: str) -> tuple[argparse.Namespace, int | None]:
         raise TorchvisionArgsError(f"cannot split the command: {e}") from None
     processes = None
     if tokens[:1] == ["torchrun"]:
-        launcher = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        launcher = _Parser(prog="torchrun", add_help=False, allow_abbrev=False)
         launcher.add_argument("--nproc_per_node", "--nproc-per-node", type=int, default=1)
         launcher.add_argument("--nnodes", type=int, default=1)
         script = next((i for i, t in enumerate(tokens) if t.endswith(".py")), None)
@@ -130,8 +133,8 @@ def parse_command(command: str) -> tuple[argparse.Namespace, int | None]:
         if rest:
             raise TorchvisionArgsError(f"torchrun option with no jaxnets equivalent: {rest[0]}")
         processes, tokens = known.nproc_per_node * known.nnodes, tokens[script + 1 :]
-    elif tokens[:1] and tokens[0].endswith(".py"):
-        tokens = tokens[1:]
+    elif any(t.endswith(".py") for t in tokens[:3]):  # train.py, python [-u] train.py
+        tokens = tokens[next(i for i, t in enumerate(tokens) if t.endswith(".py")) + 1 :]
     known, unknown = reference_parser().parse_known_args(tokens)
     if unknown:
         raise TorchvisionArgsError(f"unrecognized flag of torchvision's train.py: {unknown[0]}")
@@ -150,7 +153,7 @@ def _refuse(args: argparse.Namespace) -> None:
          f"--opt {args.opt}: jaxnets trains with SGD (sgd, sgd_nesterov)"),
         (args.lr_scheduler.lower() not in SCHEDULERS,
          f"--lr-scheduler {args.lr_scheduler}: expected one of {', '.join(SCHEDULERS)}"),
-        (args.lr_warmup_method.lower() not in ("linear", "constant"),
+        (args.lr_warmup_method not in ("linear", "constant"),
          f"--lr-warmup-method {args.lr_warmup_method}: expected linear or constant"),
         (args.auto_augment == "augmix",
          "--auto-augment augmix: no jaxnets equivalent (ta_wide, ra, imagenet, cifar10, svhn)"),
@@ -179,9 +182,10 @@ def config_from_command(command: str):
         DEFAULT_DATASET if args.data_path == DEFAULTS.data_path else f"folder:{args.data_path}"
     )
     if processes is None:
-        c.batch_size_per_device = args.batch_size
+        c.batch_size_per_device, c.batch_size, c.eval_batch_size = args.batch_size, 0, 0
     else:
         c.batch_size = c.eval_batch_size = args.batch_size * processes
+        c.replicas = processes  # train.py's per-GPU mixing, BatchNorm and RA copies
     c.num_epochs = args.epochs
     c.nesterov = args.opt.lower() == "sgd_nesterov"
     c.learning_rate, c.momentum, c.weight_decay = args.lr, args.momentum, args.weight_decay
@@ -190,7 +194,7 @@ def config_from_command(command: str):
     c.mixup_alpha, c.cutmix_alpha = args.mixup_alpha, args.cutmix_alpha
     c.schedule, c.schedule_unit = SCHEDULERS[args.lr_scheduler.lower()], "epoch"
     c.warmup_epochs = float(args.lr_warmup_epochs)
-    c.lr_warmup_method, c.lr_warmup_decay = args.lr_warmup_method.lower(), args.lr_warmup_decay
+    c.lr_warmup_method, c.lr_warmup_decay = args.lr_warmup_method, args.lr_warmup_decay
     c.lr_step_epochs, c.lr_gamma, c.lr_min = args.lr_step_size, args.lr_gamma, args.lr_min
     c.log_every_steps = args.print_freq
     c.bn_sync = args.sync_bn  # torchvision's BatchNorm is per GPU without --sync-bn
@@ -222,11 +226,12 @@ def ignored_flags(command: str) -> list[str]:
     ]
 
 
-def command_from_config(config, processes: int | None = None) -> str:
+def command_from_config(config) -> str:
     """The reference-trainer command line of a config: `torchrun --nproc_per_node=N train.py
-    ...` for a global batch over N processes, or `train.py ...` for a per-device batch. Only
-    flags that differ from train.py's defaults are written. Raises TorchvisionArgsError naming
-    the config keys no flag can express."""
+    ...` for a run of N replicas (config.replicas), or `train.py ...` for a per-device batch.
+    Only flags that differ from train.py's defaults are written. Raises TorchvisionArgsError
+    naming the config keys no flag can express."""
+    processes = config.replicas or None
     values = _flag_values(config, processes)
     words = []
     for dest, value in values.items():

@@ -30,7 +30,7 @@ from jaxnets.xla_flags import donates_train_state
 from train import data as data_lib
 from train import metrics as metrics_lib
 from train import workdir as workdir_lib
-from train.config import eval_crop, validate, with_device_batches
+from train.config import eval_crop, replicas, validate, with_device_batches
 from train.metrics import NonFiniteLoss
 from train.mixing import BatchAugment
 from train.optim import learning_rate_schedule
@@ -139,7 +139,7 @@ def compile_steps(
             ema=EmaRule.from_config(config, steps_per_epoch),
             augment=BatchAugment(
                 random_erase=config.random_erase, mixup_alpha=config.mixup_alpha,
-                cutmix_alpha=config.cutmix_alpha, groups=jax.device_count(),
+                cutmix_alpha=config.cutmix_alpha, groups=replicas(config, jax.device_count()),
             ),
         ),
         in_shardings=(replicated, batch, batch, replicated),

@@ -20,6 +20,7 @@ from train.data.sampler import EpochSampler, example_keys, repeated_augmentation
 from train.mixing import (
     BatchAugment,
     augment_batch,
+    choose_mix,
     cutmix_box,
     cutmix_weights,
     erase,
@@ -167,15 +168,10 @@ def test_mixup_lambda_is_torchvisions_beta_and_the_choice_is_fair():
     lams = (np.asarray(kept_share(keys)) + 1) / 2  # the share was lam - (1 - lam)
     assert stats.ks_2samp(lams, their_lams).statistic < KS_LIMIT
 
-    @jax.jit
-    @jax.vmap
-    def is_cutmix(key):  # CutMix copies pixels: every output pixel is one of the two inputs
-        mixed, _ = mix(images, targets, *mix_params(key, 10, 14, 0.2, 1.0))
-        own = jnp.all(mixed == images, -1) | jnp.all(mixed == jnp.roll(images, 1, 0), -1)
-        return jnp.all(own)
-
-    chosen = np.asarray(is_cutmix(keys)).mean()
-    assert abs(chosen - 0.5) < 5 * np.sqrt(0.25 / DRAWS)
+    chosen, alphas = jax.vmap(lambda k: choose_mix(k, 0.2, 1.0))(keys)
+    assert abs(np.mean(chosen) - 0.5) < 5 * np.sqrt(0.25 / DRAWS)
+    np.testing.assert_array_equal(alphas, np.where(chosen, 1.0, 0.2).astype(np.float32))
+    assert choose_mix(keys[0], 0.0, 1.0) == (True, 1.0)  # one of them on: always that one
 
 
 def test_batches_mix_within_each_group_only():

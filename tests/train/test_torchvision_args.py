@@ -94,12 +94,29 @@ def test_flags_become_the_config_keys_they_mean():
     assert (config.bn_sync, config.dtype, config.grad_clip_norm) == (True, "bfloat16", 2.0)
     assert (config.image_size, config.eval_image_size, config.eval_resize) == (192, 256, 288)
     assert (config.augment, config.hflip) == ("random_resized_crop", True)
-    # Without torchrun, --batch-size is per device of the run.
-    per_device = config_from_command("--batch-size 32 --model resnet18")
-    assert per_device.batch_size_per_device == 32
+    # Without torchrun, --batch-size is per device of the run, each device a replica.
+    per_device = config_from_command("python -u train.py --batch-size 32 --model resnet18")
+    assert (per_device.batch_size_per_device, per_device.replicas) == (32, 0)
     assert with_device_batches(per_device, 4).batch_size == 128
     assert with_device_batches(per_device, 4).eval_batch_size == 128
     assert not per_device.bn_sync and per_device.dataset == "tfds:imagenet2012"
+    per_device.eval_batch_size = 500  # an override of the evaluation batch stands
+    assert with_device_batches(per_device, 4).eval_batch_size == 500
+    per_device.batch_size = 256  # two global batches: refused, not dropped
+    with pytest.raises(ValueError, match=r"batch_size=256 and config\.batch_size_per_device=32"):
+        with_device_batches(per_device, 4)
+    # Each recipe flag lands on its key.
+    v2 = config_from_command(
+        RECIPES["resnet50_v2"].command + " --lr-min 1e-5 --lr-gamma 0.5 "
+        "--bias-weight-decay 0.1 --model-ema-steps 16 --ra-magnitude 7"
+    )
+    assert (v2.mixup_alpha, v2.cutmix_alpha, v2.random_erase) == (0.2, 1.0, 0.1)
+    assert (v2.label_smoothing, v2.lr_min, v2.lr_gamma) == (0.1, 1e-5, 0.5)
+    assert (v2.norm_weight_decay, v2.bias_weight_decay, v2.weight_decay) == (0.0, 0.1, 2e-5)
+    assert (v2.ema_decay, v2.ema_steps, v2.ema_torchvision) == (0.99998, 16, True)
+    assert (v2.auto_augment, v2.ra_magnitude, v2.ra_reps) == ("ta_wide", 7, 4)
+    assert (v2.schedule, v2.warmup_epochs, v2.lr_warmup_method) == ("cosine", 5.0, "linear")
+    assert (v2.image_size, v2.eval_resize, v2.eval_image_size) == (176, 232, 224)
 
 
 @pytest.mark.parametrize(
@@ -115,6 +132,8 @@ def test_flags_become_the_config_keys_they_mean():
         ("--test-only", "--test-only: evaluate with `jaxnets eval`"),
         ("--weights X.IMAGENET1K_V1", "--weights X.IMAGENET1K_V1: fine-tune from a file"),
         ("torchrun --nproc_per_node=8 --rdzv-id 3 train.py", "torchrun option.*--rdzv-id"),
+        ("torchrun --nproc_per_node=gpu train.py", "--nproc_per_node.*invalid int value: 'gpu'"),
+        ("--lr-warmup-method Linear", "--lr-warmup-method Linear: expected linear or constant"),
         ("--model 'resnet50", "cannot split the command"),
     ],
 )
@@ -130,7 +149,7 @@ def test_each_recipe_round_trips_and_is_valid(name):
     config = recipe_config(name)
     validate(config, device_count=8)
     assert config.model == recipe.arch
-    command = command_from_config(config, processes=8)
+    command = command_from_config(config)
     assert config_from_command(command) == config  # config -> flags -> config
     assert parse_command(command) == parse_command(recipe.command)  # flags -> config -> flags
     # The weights' own evaluation transforms are the recipe's (232 or 256, crop 224).
@@ -145,7 +164,7 @@ def test_a_config_key_no_flag_expresses_is_named():
     config.color_jitter = (0.4, 0.4, 0.4)
     config.schedule = "multistep"
     with pytest.raises(TorchvisionArgsError, match=r"config color_jitter=\(0.4.*schedule="):
-        command_from_config(config, processes=8)
+        command_from_config(config)
 
 
 def _module(path: Path):
@@ -193,8 +212,11 @@ def test_torchvision_args_errors_are_one_line_before_anything_runs(tmp_path):
 
 @pytest.mark.slow
 def test_a_torchvision_command_line_trains_with_every_v2_ingredient(digits_folder, tmp_path):
+    # Two replicas (train.py's GPUs) on this one device: the batch mixes, normalizes and
+    # spreads its repeated copies in two slices of 8.
     flags = (
-        f"--data-path {digits_folder} --model resnet18 --device cpu --batch-size 16 --epochs 2 "
+        f"torchrun --nproc_per_node=2 train.py --data-path {digits_folder} --model resnet18 "
+        "--device cpu --batch-size 8 --epochs 2 "
         "--lr 0.05 --lr-scheduler cosineannealinglr --lr-warmup-epochs 1 "
         "--lr-warmup-method linear --auto-augment ta_wide --random-erase 0.1 "
         "--weight-decay 0.00002 --norm-weight-decay 0.0 --label-smoothing 0.1 "
@@ -209,6 +231,7 @@ def test_a_torchvision_command_line_trains_with_every_v2_ingredient(digits_folde
     assert "no effect here: --device (JAX runs on its default backend)" in result.stdout
     assert "--workers" in result.stdout and "done: top1" in result.stdout
     saved = (workdir / "config.json").read_text()
-    for fragment in ('"ra_reps": 4', '"ema_torchvision": true', '"image_size": 28',
+    for fragment in ('"ra_reps": 4', '"replicas": 2', '"batch_size": 16', '"image_size": 28',
+                     '"ema_torchvision": true',
                      '"eval_image_size": 32', '"auto_augment": "ta_wide"'):  # fmt: skip
         assert fragment in saved

@@ -22,6 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
+from train.config import replicas
 from train.data.arrays import InMemoryDataset, load_digits
 from train.data.sampler import EpochSampler
 from train.data.shard import SINGLE_PROCESS, ProcessShard
@@ -109,7 +110,8 @@ def needs_tensorflow(config) -> bool:
 
 def load_dataset(config, shard: ProcessShard = SINGLE_PROCESS, devices: int = 1):
     """The dataset a config names, reading `shard`'s part of every batch of a run over
-    `devices` devices (the replicas of repeated augmentation).
+    `devices` devices (repeated augmentation deals its copies over config.replicas, else
+    over them).
 
     Raises:
       ValueError: an unknown dataset string, or a missing, empty or unprepared dataset (one
@@ -124,7 +126,7 @@ def load_dataset(config, shard: ProcessShard = SINGLE_PROCESS, devices: int = 1)
             raise ValueError(f"config.{key}: digits are decoded arrays; use its image folder")
         padding = (config.crop_padding or config.image_size // 8) if config.augment != "none" else 0
         dataset = load_digits(config.image_size, padding, shard)
-        dataset.sampler = EpochSampler(config.ra_reps, devices)
+        dataset.sampler = EpochSampler(config.ra_reps, replicas(config, devices))
         return dataset
     if kind not in ("tfds", "folder") or not where:
         raise ValueError(
@@ -151,7 +153,7 @@ def load_dataset(config, shard: ProcessShard = SINGLE_PROCESS, devices: int = 1)
             where, augmentation, options, shard, data_dir=config.data_dir,
             manual_dir=config.manual_dir, download=config.download,
         )  # fmt: skip
-    dataset.sampler = EpochSampler(config.ra_reps, devices)
+    dataset.sampler = EpochSampler(config.ra_reps, replicas(config, devices))
     return dataset
 
 

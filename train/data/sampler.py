@@ -5,9 +5,10 @@ RASampler, on each of `replicas` processes (one per GPU in torchvision), repeats
 shuffled epoch `reps` times in a row, pads the list to a multiple of the replicas, deals it out
 round-robin (rank r takes positions r, r + replicas, ...) and keeps the first
 floor(n // 256 * 256 / replicas) of each rank's share. A sample's copies therefore land on
-neighbouring ranks in the same step, each augmented on its own, and an epoch sees about n / reps
-distinct images. Here the replicas are the devices: device d's slice of each global batch is
-what rank d's loader would have given it, so one list serves every process and device count.
+neighbouring ranks in the same step (or the next, where the deal wraps), each augmented on its
+own, and an epoch sees about n / reps distinct images. Here the ranks are the replicas
+(config.replicas, else the devices): replica r's slice of each global batch is what rank r's
+loader would have given it, so one list serves every process and device count.
 """
 
 from __future__ import annotations

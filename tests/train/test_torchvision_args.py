@@ -216,7 +216,7 @@ def test_a_torchvision_command_line_trains_with_every_v2_ingredient(digits_folde
     # spreads its repeated copies in two slices of 8.
     flags = (
         f"torchrun --nproc_per_node=2 train.py --data-path {digits_folder} --model resnet18 "
-        "--device cpu --batch-size 8 --epochs 2 "
+        "--device cpu --batch-size 8 --epochs 1 "
         "--lr 0.05 --lr-scheduler cosineannealinglr --lr-warmup-epochs 1 "
         "--lr-warmup-method linear --auto-augment ta_wide --random-erase 0.1 "
         "--weight-decay 0.00002 --norm-weight-decay 0.0 --label-smoothing 0.1 "
@@ -226,7 +226,7 @@ def test_a_torchvision_command_line_trains_with_every_v2_ingredient(digits_folde
     )
     workdir = tmp_path / "w"
     result = _train("--torchvision-args", flags, "--workdir", str(workdir),
-                    "--config.max_steps=6", "--config.progress_bar=False")  # fmt: skip
+                    "--config.max_steps=3", "--config.progress_bar=False")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "no effect here: --device (JAX runs on its default backend)" in result.stdout
     assert "--workers" in result.stdout and "done: top1" in result.stdout

@@ -191,7 +191,10 @@ def solarize(image, magnitude):
     """solarize(image, 255.0 * magnitude): inverts pixels at or above the threshold, which torch
     compares in float32 (the float64 product rounded to float32)."""
     threshold = tf.cast(255.0 * _float64(magnitude), tf.float32)
-    return tf.where(tf.cast(image, tf.float32) >= threshold, 255 - image, image)
+    inverted = tf.cast(tf.cast(image, tf.float32) >= threshold, tf.uint8)
+    # image + inverted * (255 - 2 image) in uint8, which wraps modulo 256: 255 - image where
+    # inverted, image elsewhere; arithmetic, 4x the speed of TensorFlow's select.
+    return image + inverted * (255 - 2 * image)
 
 
 def autocontrast(image, magnitude=0.0):
@@ -220,9 +223,8 @@ def equalize(image, magnitude=0.0):
     below = tf.cumsum(hist, axis=1)[:, :-1]
     lut = tf.minimum((below + step[:, None] // 2) // tf.maximum(step, 1)[:, None], 255)
     lut = tf.concat([tf.zeros([3, 1], tf.int32), lut], axis=1)
-    equalized = tf.gather(tf.reshape(lut, [-1]), bins)
-    out = tf.where(step > 0, equalized, pixels)
-    return tf.reshape(tf.cast(out, tf.uint8), tf.shape(image))
+    lut = tf.where(step[:, None] > 0, lut, tf.range(256)[None])  # a flat channel: as it is
+    return tf.reshape(tf.cast(tf.gather(tf.reshape(lut, [-1]), bins), tf.uint8), tf.shape(image))
 
 
 def invert(image, magnitude=0.0):
@@ -313,11 +315,28 @@ def _bilinear_affine(image, matrix):
     half = (tf.cast(tf.stack([shape[1], shape[0]]), tf.float64) - 1.0) / 2.0  # (W-1)/2, (H-1)/2
     offset = m[:, 2] + half - m[:, 0] * half[0] - m[:, 1] * half[1]
     transform = tf.stack([m[0, 0], m[0, 1], offset[0], m[1, 0], m[1, 1], offset[1], 0.0, 0.0])
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(image, tf.float32)[None], transforms=tf.cast(transform, tf.float32)[None],
-        output_shape=shape[:2], fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT",
-    )  # fmt: skip
-    return tf.cast(tf.round(out[0]), tf.uint8)
+
+    def resample():
+        out = tf.raw_ops.ImageProjectiveTransformV3(
+            images=tf.cast(image, tf.float32)[None],
+            transforms=tf.cast(transform, tf.float32)[None], output_shape=shape[:2],
+            fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT",
+        )  # fmt: skip
+        return tf.cast(tf.round(out[0]), tf.uint8)
+
+    # A whole-pixel translation (TranslateX/Y) reads every output pixel at an input pixel's
+    # centre, where the bilinear weights are 1 and 0: a shift with zeros, at a tenth the cost.
+    whole = tf.reduce_all(tf.equal(tf.reshape(m[:, :2], [-1]), [1.0, 0.0, 0.0, 1.0]))
+    whole &= tf.reduce_all(tf.equal(offset, tf.round(offset)))
+    return tf.cond(whole, lambda: _shift(image, tf.cast(offset, tf.int32)), resample)
+
+
+def _shift(image, offset):
+    """out[y, x] = image[y + offset_y, x + offset_x], zero outside the image."""
+    shape = tf.shape(image)
+    pad = tf.reduce_max(tf.abs(offset))
+    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    return tf.slice(padded, [pad + offset[1], pad + offset[0], 0], shape)
 
 
 def _check_interpolation(interpolation):

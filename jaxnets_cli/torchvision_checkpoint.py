@@ -23,9 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-# The trainer's --lr-scheduler values, by jaxnets schedule.
-SCHEDULERS = {"step": "steplr", "cosine": "cosineannealinglr", "exponential": "exponentiallr"}
-
 
 def write(name: str, workdir: str, out: str) -> str:
     """Writes the checkpoint; returns the line the command prints."""
@@ -109,14 +106,16 @@ def _read_run(workdir: str):
 
 def _check_translatable(name: str, config, meta: dict) -> None:
     """The run's settings the reference trainer has no flag for."""
+    from train.torchvision_args import SCHEDULERS  # the trainer's --lr-scheduler values
+
     problems = [
         (config.model != name, f"the workdir trained {config.model}, not {name}"),
         (meta.get("head"), "a custom head (the trainer builds torchvision's own)"),
         (config.freeze or config.freeze_until, "frozen layers"),
         (config.backbone_lr_scale != 1.0, "backbone_lr_scale"),
         (
-            config.schedule not in SCHEDULERS,
-            f"schedule={config.schedule!r} (the trainer has {', '.join(SCHEDULERS.values())})",
+            config.schedule not in SCHEDULERS.values(),
+            f"schedule={config.schedule!r} (the trainer has {', '.join(SCHEDULERS)})",
         ),
     ]
     for bad, what in problems:

@@ -231,8 +231,8 @@ def command_from_config(config) -> str:
     ...` for a run of N replicas (config.replicas), or `train.py ...` for a per-device batch.
     Only flags that differ from train.py's defaults are written. Raises TorchvisionArgsError
     naming the config keys no flag can express."""
-    processes = config.replicas or None
-    values = _flag_values(config, processes)
+    processes = config.replicas
+    values = _flag_values(config)
     words = []
     for dest, value in values.items():
         if value == getattr(DEFAULTS, dest):
@@ -250,9 +250,10 @@ def command_from_config(config) -> str:
     return command
 
 
-def _flag_values(config, processes: int | None) -> dict:
+def _flag_values(config) -> dict:
     """What each flag of train.py must say for `config` (the inverse of config_from_command)."""
-    batch = config.batch_size // processes if processes else config.batch_size_per_device
+    replicas = config.replicas
+    batch = config.batch_size // replicas if replicas else config.batch_size_per_device
     schedulers = {jaxnets_name: flag for flag, jaxnets_name in SCHEDULERS.items()}
     kind, _, where = config.dataset.partition(":")
     values = {
